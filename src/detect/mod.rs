@@ -1,0 +1,314 @@
+//! Pure streaming detectors: values and timestamps in, scores out.
+//!
+//! Nothing here does I/O, reads a clock or touches async code; time is a
+//! parameter (nanoseconds since the Unix epoch, taken from the telemetry
+//! itself). That keeps every detector testable against a naive batch
+//! computation.
+
+pub mod keys;
+pub mod log;
+pub mod metric;
+pub mod rate;
+pub mod sketch;
+pub mod span;
+
+use std::fmt::Write as _;
+
+/// Surprise (−log10 of a tail probability) at which scores start above 0.
+/// A 1-in-1,000 event is routine in telemetry and scores 0.
+const SURPRISE_FLOOR: f64 = 3.0;
+/// Surprise range mapped onto 0..100: a 1-in-3-million event scores 100.
+const SURPRISE_SPAN: f64 = 3.5;
+
+/// Score (0–100) of an observation whose tail probability is `p`.
+///
+/// The same mapping is used for every signal, so a score means the same
+/// rarity on every key: 25 ≈ 1 in 10^3.9, 50 ≈ 1 in 10^4.75, 75 ≈ 1 in 10^5.6.
+pub fn score_from_tail_probability(p: f64) -> f32 {
+    if !p.is_finite() || p >= 1.0 {
+        return 0.0;
+    }
+    let surprise = -p.max(1e-300).log10();
+    (100.0 * (surprise - SURPRISE_FLOOR) / SURPRISE_SPAN).clamp(0.0, 100.0) as f32
+}
+
+/// Severity band of a score (the bands of Elastic ML, so ELK users read them the same way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Not enough history yet to judge; never an anomaly.
+    ColdStart,
+    /// Score below 25.
+    Normal,
+    /// Score 25 to 50.
+    Minor,
+    /// Score 50 to 75.
+    Major,
+    /// Score 75 and above.
+    Critical,
+}
+
+impl Severity {
+    /// The band of `score`.
+    pub fn of(score: f32) -> Self {
+        if score >= 75.0 {
+            Severity::Critical
+        } else if score >= 50.0 {
+            Severity::Major
+        } else if score >= 25.0 {
+            Severity::Minor
+        } else {
+            Severity::Normal
+        }
+    }
+
+    /// The name written into documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::ColdStart => "cold_start",
+            Severity::Normal => "normal",
+            Severity::Minor => "minor",
+            Severity::Major => "major",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Why a record got its score; rendered to text only when written out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Explanation {
+    /// Too little history for this key.
+    ColdStart { seen: u64, needed: u64 },
+    /// Span duration against the key's latency baseline.
+    Latency {
+        observed_ms: f64,
+        /// Name of the baseline quantile compared against ("p50", "p99", "p99.9").
+        quantile: &'static str,
+        baseline_ms: f64,
+        half_life_s: u64,
+    },
+    /// Errors in the current interval against the baseline error rate.
+    ErrorRate {
+        errors: u64,
+        total: u64,
+        baseline_rate: f64,
+    },
+    /// A metric value against its robust baseline.
+    Metric {
+        observed: f64,
+        baseline: f64,
+        spread: f64,
+        /// What was scored ("value", "delta", "mean").
+        what: &'static str,
+    },
+    /// The record is not of a kind this detector scores (for example an info log).
+    NotScored(&'static str),
+}
+
+fn fmt_ms(out: &mut String, ms: f64) {
+    let _ = if ms >= 10_000.0 {
+        write!(out, "{:.1} s", ms / 1000.0)
+    } else if ms >= 100.0 {
+        write!(out, "{ms:.0} ms")
+    } else if ms >= 1.0 {
+        write!(out, "{ms:.1} ms")
+    } else {
+        write!(out, "{:.0} µs", ms * 1000.0)
+    };
+}
+
+fn fmt_num(out: &mut String, v: f64) {
+    let a = v.abs();
+    let _ = if a != 0.0 && !(1e-3..1e9).contains(&a) {
+        write!(out, "{v:.3e}")
+    } else if a >= 100.0 || v.fract() == 0.0 {
+        write!(out, "{v:.0}")
+    } else {
+        write!(out, "{v:.3}")
+    };
+}
+
+impl Explanation {
+    /// Appends a one-line human explanation; `subject` names the key (span name, metric name, service).
+    pub fn render(&self, subject: &str, out: &mut String) {
+        match self {
+            Explanation::ColdStart { seen, needed } => {
+                let _ = write!(
+                    out,
+                    "cold start: {seen} of {needed} samples of history for {subject}"
+                );
+            }
+            Explanation::Latency {
+                observed_ms,
+                quantile,
+                baseline_ms,
+                half_life_s,
+            } => {
+                out.push_str("duration ");
+                fmt_ms(out, *observed_ms);
+                let factor = if *baseline_ms > 0.0 {
+                    observed_ms / baseline_ms
+                } else {
+                    0.0
+                };
+                if factor >= 1.0 {
+                    let _ = write!(out, " is {factor:.1}× the {quantile} of ");
+                } else {
+                    let _ = write!(out, " is within the usual range (below the {quantile} of ");
+                }
+                fmt_ms(out, *baseline_ms);
+                let _ = write!(
+                    out,
+                    " seen for {subject} over the last {}",
+                    humanize_secs(*half_life_s)
+                );
+                if factor < 1.0 {
+                    out.push(')');
+                }
+            }
+            Explanation::ErrorRate {
+                errors,
+                total,
+                baseline_rate,
+            } => {
+                let rate = if *total > 0 {
+                    *errors as f64 / *total as f64
+                } else {
+                    0.0
+                };
+                let _ = write!(
+                    out,
+                    "{errors} errors in {total} {subject} records this interval ({:.1}%) vs baseline {:.2}%",
+                    rate * 100.0,
+                    baseline_rate * 100.0
+                );
+                if *baseline_rate > 0.0 {
+                    let _ = write!(out, ", {:.1}×", rate / baseline_rate);
+                }
+            }
+            Explanation::Metric {
+                observed,
+                baseline,
+                spread,
+                what,
+            } => {
+                let _ = write!(out, "{subject} {what} ");
+                fmt_num(out, *observed);
+                out.push_str(" vs baseline ");
+                fmt_num(out, *baseline);
+                out.push_str(" ± ");
+                fmt_num(out, *spread);
+                if *spread > 0.0 {
+                    let _ = write!(out, " ({:+.1}σ)", (observed - baseline) / spread);
+                }
+            }
+            Explanation::NotScored(why) => {
+                let _ = write!(out, "not scored: {why}");
+            }
+        }
+    }
+}
+
+fn humanize_secs(s: u64) -> String {
+    if s % 3600 == 0 && s >= 3600 {
+        format!("{} h", s / 3600)
+    } else if s % 60 == 0 && s >= 60 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
+    }
+}
+
+/// A detector's judgement of one record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// 0–100; 0 for cold-start and unscored records.
+    pub score: f32,
+    /// Band of `score`, or cold start.
+    pub severity: Severity,
+    /// What the score is based on.
+    pub explanation: Explanation,
+}
+
+impl Verdict {
+    /// A cold-start verdict.
+    pub fn cold_start(seen: u64, needed: u64) -> Self {
+        Verdict {
+            score: 0.0,
+            severity: Severity::ColdStart,
+            explanation: Explanation::ColdStart { seen, needed },
+        }
+    }
+
+    /// A scored verdict (severity derived from the score).
+    pub fn scored(score: f32, explanation: Explanation) -> Self {
+        Verdict {
+            score,
+            severity: Severity::of(score),
+            explanation,
+        }
+    }
+}
+
+/// Score at or above which a record counts as anomalous and is kept out of
+/// the baseline (mostly: see `ANOMALOUS_WEIGHT`).
+pub const ANOMALOUS_SCORE: f32 = 50.0;
+
+/// Weight with which an anomalous record still enters the baseline, so that a
+/// lasting change (a deploy that made a call slower for good) becomes the new
+/// normal over tens of minutes instead of never, while a short outage barely
+/// moves it.
+pub const ANOMALOUS_WEIGHT: f32 = 0.05;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_mapping_is_monotone_and_bounded() {
+        assert_eq!(score_from_tail_probability(0.5), 0.0);
+        assert_eq!(score_from_tail_probability(1e-3), 0.0);
+        let s4 = score_from_tail_probability(1e-4);
+        let s5 = score_from_tail_probability(1e-5);
+        assert!(s4 > 20.0 && s4 < 35.0, "{s4}");
+        assert!(s5 > s4);
+        assert_eq!(score_from_tail_probability(1e-12), 100.0);
+        assert_eq!(score_from_tail_probability(0.0), 100.0);
+        assert_eq!(score_from_tail_probability(f64::NAN), 0.0);
+    }
+
+    #[test]
+    fn severity_bands() {
+        assert_eq!(Severity::of(0.0), Severity::Normal);
+        assert_eq!(Severity::of(25.0), Severity::Minor);
+        assert_eq!(Severity::of(50.0), Severity::Major);
+        assert_eq!(Severity::of(99.0), Severity::Critical);
+    }
+
+    #[test]
+    fn explanations_read_well() {
+        let mut s = String::new();
+        Explanation::Latency {
+            observed_ms: 870.0,
+            quantile: "p99.9",
+            baseline_ms: 120.0,
+            half_life_s: 600,
+        }
+        .render("GET /cart", &mut s);
+        assert_eq!(
+            s,
+            "duration 870 ms is 7.2× the p99.9 of 120 ms seen for GET /cart over the last 10 min"
+        );
+        s.clear();
+        Explanation::ErrorRate {
+            errors: 5,
+            total: 20,
+            baseline_rate: 0.004,
+        }
+        .render("GET /cart", &mut s);
+        assert_eq!(
+            s,
+            "5 errors in 20 GET /cart records this interval (25.0%) vs baseline 0.40%, 62.5×"
+        );
+    }
+}

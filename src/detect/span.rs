@@ -1,0 +1,323 @@
+//! Span detector: per (service, span name, span kind) a decaying latency
+//! sketch and an error-rate baseline. Each span is scored for its own
+//! duration (upper-tail probability against the sketch) and, if it failed,
+//! for how unusual this interval's error count is.
+
+use super::keys::{key_hash, BoundedMap, KeyHash};
+use super::rate::{RateParams, RateState};
+use super::sketch::DecayingSketch;
+use super::{score_from_tail_probability, Explanation, Verdict, ANOMALOUS_WEIGHT};
+
+/// Bounds of the tail exponent used past the largest value in the baseline.
+/// The exponent is estimated per key from how fast the tail thins between
+/// p99 and p99.9 (a Pareto tail of that slope), then clamped: at least 1 so
+/// a heavy-tailed key still counts a 10× outlier as rarer, at most 10 (the
+/// slope of a log-normal with σ = 0.3) so bucket rounding on a very tight
+/// key cannot make a small excess look astronomically rare.
+const TAIL_EXPONENT_MIN: f64 = 1.0;
+const TAIL_EXPONENT_MAX: f64 = 10.0;
+
+/// Score below which a span counts as normal and enters the baseline with
+/// full weight; above it, with `ANOMALOUS_WEIGHT`.
+const NORMAL_SCORE: f32 = 25.0;
+
+/// Span detector settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanParams {
+    /// Half-life of the latency and error baselines, ns.
+    pub half_life_ns: u64,
+    /// Spans of history a key needs before its spans are scored.
+    pub min_samples: u64,
+    /// Judging interval for error rates, ns.
+    pub interval_ns: u64,
+    /// Cap on tracked keys; spans of further keys share one overflow key.
+    pub max_keys: usize,
+}
+
+impl Default for SpanParams {
+    fn default() -> Self {
+        Self {
+            half_life_ns: 600_000_000_000,
+            min_samples: 50,
+            interval_ns: 10_000_000_000,
+            max_keys: 10_000,
+        }
+    }
+}
+
+/// The fields of a span the detector needs.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanObs<'a> {
+    /// `service.name` of the resource.
+    pub service: &'a str,
+    /// Span name.
+    pub name: &'a str,
+    /// Span kind (OTLP enum value).
+    pub kind: i32,
+    /// End time, ns since the epoch (the detector's clock).
+    pub end_ns: u64,
+    /// Duration, ns.
+    pub duration_ns: u64,
+    /// Status code is ERROR.
+    pub is_error: bool,
+}
+
+impl SpanObs<'_> {
+    /// The detector key of this span.
+    pub fn key(&self) -> KeyHash {
+        key_hash(&[
+            self.service.as_bytes(),
+            self.name.as_bytes(),
+            &self.kind.to_le_bytes(),
+        ])
+    }
+}
+
+/// Per-key state.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SpanKeyState {
+    latency_us: DecayingSketch,
+    errors: RateState,
+    last_decay_ns: u64,
+    seen: u64,
+}
+
+impl SpanKeyState {
+    /// Approximate memory of this key in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.latency_us.memory_bytes()
+            - std::mem::size_of::<DecayingSketch>()
+    }
+
+    fn decay_to(&mut self, now_ns: u64, half_life_ns: u64) {
+        if self.last_decay_ns == 0 {
+            self.last_decay_ns = now_ns;
+            return;
+        }
+        // Decay in steps of 1/32 half-life: cheap, and fine-grained enough.
+        let step = (half_life_ns / 32).max(1);
+        if now_ns < self.last_decay_ns + step {
+            return;
+        }
+        let elapsed = now_ns - self.last_decay_ns;
+        self.latency_us
+            .decay(0.5f64.powf(elapsed as f64 / half_life_ns as f64));
+        self.last_decay_ns = now_ns;
+    }
+
+    /// Pareto exponent of the upper tail: one decade of probability between p99 and p99.9.
+    fn tail_exponent(&self) -> f64 {
+        let (Some(q99), Some(q999)) = (
+            self.latency_us.quantile(0.99),
+            self.latency_us.quantile(0.999),
+        ) else {
+            return TAIL_EXPONENT_MIN;
+        };
+        let gap = (q999 / q99).ln();
+        if gap <= 0.0 {
+            return TAIL_EXPONENT_MAX;
+        }
+        (std::f64::consts::LN_10 / gap).clamp(TAIL_EXPONENT_MIN, TAIL_EXPONENT_MAX)
+    }
+
+    fn latency_verdict(&self, duration_us: f64, p: &SpanParams) -> Verdict {
+        let n = self.latency_us.count();
+        if (n as u64) < p.min_samples {
+            return Verdict::cold_start(n as u64, p.min_samples);
+        }
+        let above = self.latency_us.count_at_or_above(duration_us);
+        let mut tail = (above + 0.5) / (n + 1.0);
+        let max = self.latency_us.max();
+        if duration_us > max && max > 0.0 {
+            tail *= (max / duration_us).powf(self.tail_exponent());
+        }
+        let score = score_from_tail_probability(tail);
+        let (quantile, q) = if score > 0.0 {
+            ("p99.9", 0.999)
+        } else if tail < 0.5 {
+            ("p99", 0.99)
+        } else {
+            ("p50", 0.5)
+        };
+        let baseline_us = self.latency_us.quantile(q).unwrap_or(0.0);
+        Verdict::scored(
+            score,
+            Explanation::Latency {
+                observed_ms: duration_us / 1000.0,
+                quantile,
+                baseline_ms: baseline_us / 1000.0,
+                half_life_s: p.half_life_ns / 1_000_000_000,
+            },
+        )
+    }
+}
+
+/// The span detector for one environment (or one shard of it).
+#[derive(Debug)]
+pub struct SpanDetector {
+    params: SpanParams,
+    keys: BoundedMap<SpanKeyState>,
+}
+
+impl SpanDetector {
+    /// A detector with `params`.
+    pub fn new(params: SpanParams) -> Self {
+        Self {
+            params,
+            keys: BoundedMap::new(params.max_keys),
+        }
+    }
+
+    /// Scores one span and learns from it.
+    pub fn observe(&mut self, span: &SpanObs<'_>) -> Verdict {
+        self.observe_key(span.key(), span)
+    }
+
+    /// As `observe`, with the key hash already computed (for sharding).
+    pub fn observe_key(&mut self, key: KeyHash, span: &SpanObs<'_>) -> Verdict {
+        let p = self.params;
+        let (st, _overflow) = self.keys.get_or_insert(key, SpanKeyState::default);
+        st.decay_to(span.end_ns, p.half_life_ns);
+        st.seen += 1;
+        let duration_us = span.duration_ns as f64 / 1000.0;
+        let latency = st.latency_verdict(duration_us, &p);
+        let rate_params = RateParams {
+            interval_ns: p.interval_ns,
+            half_life_ns: p.half_life_ns,
+            min_samples: p.min_samples,
+        };
+        let errors = st.errors.observe(span.end_ns, span.is_error, &rate_params);
+        // Unusual durations are kept (mostly) out of the baseline, so an
+        // outage does not become the normal.
+        let weight = if latency.score >= NORMAL_SCORE {
+            ANOMALOUS_WEIGHT
+        } else {
+            1.0
+        };
+        st.latency_us.add(duration_us, weight);
+        if span.is_error && errors.score > latency.score {
+            errors
+        } else {
+            latency
+        }
+    }
+
+    /// Number of tracked keys.
+    pub fn keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Spans routed to the overflow key so far.
+    pub fn overflowed(&self) -> u64 {
+        self.keys.overflowed()
+    }
+
+    /// Approximate memory of all key states in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.keys.values().map(|k| k.memory_bytes() + 16).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Severity;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use rand_distr_free::lognormal;
+
+    const MS: u64 = 1_000_000;
+    const S: u64 = 1_000_000_000;
+
+    /// Log-normal sample without an extra crate: exp(mu + sigma * z).
+    mod rand_distr_free {
+        use rand::Rng;
+        pub fn lognormal(rng: &mut impl Rng, median: f64, sigma: f64) -> f64 {
+            // Box–Muller.
+            let u1: f64 = rng.random::<f64>().max(1e-12);
+            let u2: f64 = rng.random();
+            let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+            median * (sigma * z).exp()
+        }
+    }
+
+    fn span<'a>(name: &'a str, t: u64, dur: u64, err: bool) -> SpanObs<'a> {
+        SpanObs {
+            service: "cart",
+            name,
+            kind: 2,
+            end_ns: t,
+            duration_ns: dur,
+            is_error: err,
+        }
+    }
+
+    #[test]
+    fn cold_start_spans_are_marked_not_scored() {
+        let mut d = SpanDetector::new(SpanParams::default());
+        let v = d.observe(&span("GET /cart", S, 5_000 * MS, false));
+        assert_eq!(v.severity, Severity::ColdStart);
+        assert_eq!(v.score, 0.0);
+    }
+
+    #[test]
+    fn latency_shift_on_one_key_scores_high_and_others_stay_low() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut d = SpanDetector::new(SpanParams::default());
+        let mut t = 1_700_000_000 * S;
+        for _ in 0..20_000 {
+            t += 10 * MS;
+            for name in ["GET /cart", "GET /item"] {
+                let dur = lognormal(&mut rng, 50.0, 0.3) * MS as f64;
+                d.observe(&span(name, t, dur as u64, false));
+            }
+        }
+        let (mut shifted, mut other) = (Vec::new(), Vec::new());
+        for _ in 0..500 {
+            t += 10 * MS;
+            let slow = lognormal(&mut rng, 250.0, 0.3) * MS as f64;
+            shifted.push(d.observe(&span("GET /cart", t, slow as u64, false)).score);
+            let normal = lognormal(&mut rng, 50.0, 0.3) * MS as f64;
+            other.push(d.observe(&span("GET /item", t, normal as u64, false)).score);
+        }
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+        // The first shifted spans are the clearest signal; the baseline adapts slowly afterwards.
+        assert!(
+            mean(&shifted[..100]) > 50.0,
+            "shifted mean {}",
+            mean(&shifted[..100])
+        );
+        let high_shifted = shifted[..100].iter().filter(|s| **s >= 50.0).count();
+        assert!(
+            high_shifted >= 80,
+            "only {high_shifted} of 100 shifted spans scored ≥ 50"
+        );
+        assert!(mean(&other) < 2.0, "unshifted mean {}", mean(&other));
+        let high_other = other.iter().filter(|s| **s >= 50.0).count();
+        assert!(high_other <= 1, "{high_other} unshifted spans scored ≥ 50");
+    }
+
+    #[test]
+    fn memory_per_key_is_bounded() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut d = SpanDetector::new(SpanParams::default());
+        for i in 0..100_000u64 {
+            let dur = rng.random_range(1_000..60_000_000_000u64);
+            d.observe(&span("x", (i + 1) * MS, dur, false));
+        }
+        assert!(d.memory_bytes() <= 8 * 1024, "{} bytes", d.memory_bytes());
+    }
+
+    #[test]
+    fn keys_past_the_cap_go_to_overflow() {
+        let mut d = SpanDetector::new(SpanParams {
+            max_keys: 10,
+            ..SpanParams::default()
+        });
+        for i in 0..100 {
+            let name = format!("op-{i}");
+            d.observe(&span(&name, S + i, MS, false));
+        }
+        assert_eq!(d.keys(), 10);
+        assert_eq!(d.overflowed(), 90);
+    }
+}
