@@ -4,3 +4,11 @@
 //! Detectors never import receivers or exporters.
 
 pub mod detect;
+pub mod config;
+pub mod telemetry;
+pub mod enrich;
+pub mod export;
+pub mod pipeline;
+pub mod receiver;
+pub mod sidecar;
+pub mod demo;

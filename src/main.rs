@@ -1,1 +1,266 @@
-fn main() {}
+//! Command line: parse, load the configuration, call into the library.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use otel_anomaly::config::{self, Config, FlagOverrides};
+use tokio_util::sync::CancellationToken;
+
+/// Streaming anomaly detection for OpenTelemetry data.
+#[derive(Debug, Parser)]
+#[command(name = "otel-anomaly", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sidecar: receive OTLP, score every span and point, write to Elasticsearch (or NDJSON files).
+    Sidecar {
+        /// Configuration file (YAML); every key can also be set by OTEL_ANOMALY_<PATH> variables.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        flags: CommonFlags,
+    },
+    /// Check a configuration file (with the environment's overrides) and print the resolved settings.
+    CheckConfig {
+        /// Configuration file (YAML).
+        file: PathBuf,
+    },
+    /// Run the sidecar on embedded defaults with synthetic services and an injected latency fault.
+    Demo {
+        /// Stop after this long (e.g. 3m, 90s).
+        #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Inject the fault after this long.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        fault_after: Duration,
+        /// Print the top anomalies this often.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        report_every: Duration,
+        #[command(flatten)]
+        flags: CommonFlags,
+    },
+}
+
+/// Flags that override the configuration (highest precedence).
+#[derive(Debug, Args)]
+struct CommonFlags {
+    /// Environment name (the data stream namespace).
+    #[arg(long)]
+    environment: Option<String>,
+    /// Directory for NDJSON output, dead letters and state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// OTLP/gRPC listen address.
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
+    /// OTLP/HTTP listen address.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Metrics and health listen address.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Elasticsearch URL (credentials only from files or the environment, never flags).
+    #[arg(long)]
+    es_url: Option<String>,
+}
+
+impl CommonFlags {
+    fn overrides(&self) -> FlagOverrides {
+        let mut f = FlagOverrides::default();
+        f.set("environment", self.environment.as_ref());
+        f.set("data_dir", self.data_dir.as_ref().map(|p| p.display().to_string()));
+        f.set("receiver.grpc.listen", self.grpc_listen);
+        f.set("receiver.http.listen", self.http_listen);
+        f.set("admin.listen", self.admin_listen);
+        f.set("export.elasticsearch.urls", self.es_url.as_ref().map(|u| format!("[{u:?}]")));
+        f
+    }
+}
+
+/// The one place the process environment is read.
+fn env_vars() -> BTreeMap<String, String> {
+    std::env::vars().filter(|(k, _)| k.starts_with(config::ENV_PREFIX)).collect()
+}
+
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG").ok()
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run_sidecar(cfg: Config) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let running = otel_anomaly::sidecar::start(cfg, token.clone()).await?;
+    wait_for_signal().await;
+    token.cancel();
+    running.done.await.context("shutdown task failed")?;
+    Ok(())
+}
+
+async fn run_demo(
+    mut cfg: Config,
+    duration: Duration,
+    fault_after: Duration,
+    report_every: Duration,
+    flags: &CommonFlags,
+) -> anyhow::Result<()> {
+    // The demo binds loopback on free ports unless told otherwise.
+    let s = &mut cfg.settings;
+    let loopback = |a: Option<SocketAddr>| a.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    s.receiver.grpc.listen = loopback(flags.grpc_listen);
+    s.receiver.http.listen = loopback(flags.http_listen);
+    s.admin.listen = loopback(flags.admin_listen);
+    if flags.environment.is_none() && s.environment == "default" {
+        s.environment = "demo".into();
+    }
+    // A demo should find its first anomalies within minutes, not hours.
+    s.detect.spans.half_life = s.detect.spans.half_life.min(Duration::from_secs(300));
+    let environment = s.environment.clone();
+    let es = s.export.elasticsearch.as_ref().map(|e| e.urls.join(","));
+    let out_dir = cfg.file_dir();
+    let token = CancellationToken::new();
+    let running = otel_anomaly::sidecar::start(cfg, token.clone()).await?;
+    let grpc = running.grpc_addr.context("the demo needs the gRPC receiver")?;
+    println!("otel-anomaly demo (environment {environment:?})");
+    println!("  OTLP/gRPC  {grpc}");
+    if let Some(h) = running.http_addr {
+        println!("  OTLP/HTTP  http://{h}/v1/traces");
+    }
+    println!("  metrics    http://{}/metrics", running.admin_addr);
+    match es {
+        Some(urls) => println!("  output     Elasticsearch {urls}"),
+        None => println!("  output     NDJSON files in {}", out_dir.display()),
+    }
+    println!(
+        "Synthetic services send spans now; {} / {} gets slow after {}s. Ctrl-C to stop.\n",
+        otel_anomaly::demo::FAULT_SERVICE,
+        otel_anomaly::demo::FAULT_SPAN,
+        fault_after.as_secs()
+    );
+    let traffic_stop = CancellationToken::new();
+    let traffic = tokio::spawn(otel_anomaly::demo::run_traffic(
+        grpc,
+        fault_after,
+        environment,
+        traffic_stop.clone(),
+    ));
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(report_every);
+    ticker.tick().await;
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                otel_anomaly::demo::print_top(&running.feed, Duration::from_secs(30), started.elapsed());
+                if started.elapsed() >= duration {
+                    break;
+                }
+            }
+            _ = &mut signal => break,
+        }
+    }
+    traffic_stop.cancel();
+    match traffic.await {
+        Ok(Err(e)) => eprintln!("demo traffic failed: {e}"),
+        Err(e) => eprintln!("demo traffic task failed: {e}"),
+        Ok(Ok(())) => {}
+    }
+    token.cancel();
+    running.done.await.context("shutdown task failed")?;
+    println!("demo finished; documents are in {}", out_dir.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = env_vars();
+    let result = match &cli.command {
+        Command::CheckConfig { file } => match config::resolve(Some(file), &env, &FlagOverrides::default()) {
+            Ok(cfg) => {
+                println!("{}: ok", cfg.source);
+                println!("{:#?}", cfg.settings);
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Command::Sidecar { config, flags } => {
+            let cfg = match config::resolve(config.as_deref(), &env, &flags.overrides()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            otel_anomaly::telemetry::init_logs(&cfg.settings.log, rust_log().as_deref());
+            runtime().and_then(|rt| rt.block_on(run_sidecar(cfg)))
+        }
+        Command::Demo {
+            duration,
+            fault_after,
+            report_every,
+            flags,
+        } => {
+            let cfg = match config::resolve(None, &env, &flags.overrides()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut log = cfg.settings.log.clone();
+            if rust_log().is_none() {
+                // Keep the demo's screen for the anomalies.
+                log.level = "warn".into();
+            }
+            otel_anomaly::telemetry::init_logs(&log, rust_log().as_deref());
+            runtime().and_then(|rt| rt.block_on(run_demo(cfg, *duration, *fault_after, *report_every, flags)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

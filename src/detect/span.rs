@@ -6,7 +6,7 @@
 use super::keys::{key_hash, BoundedMap, KeyHash};
 use super::rate::{RateParams, RateState};
 use super::sketch::DecayingSketch;
-use super::{score_from_tail_probability, Explanation, Verdict, ANOMALOUS_WEIGHT};
+use super::{score_from_tail_probability, Explanation, Verdict};
 
 /// Bounds of the tail exponent used past the largest value in the baseline.
 /// The exponent is estimated per key from how fast the tail thins between
@@ -18,8 +18,17 @@ const TAIL_EXPONENT_MIN: f64 = 1.0;
 const TAIL_EXPONENT_MAX: f64 = 10.0;
 
 /// Score below which a span counts as normal and enters the baseline with
-/// full weight; above it, with `ANOMALOUS_WEIGHT`.
+/// full weight; above it, with `UNUSUAL_WEIGHT`.
 const NORMAL_SCORE: f32 = 25.0;
+
+/// Weight of an unusual span in the latency baseline. A lasting shift is
+/// learned once the shifted spans' accumulated weight makes them ordinary
+/// (tail probability ≈ 1e-3): after about (2e-3 / w) × half-life / ln 2
+/// when the key has a full baseline, i.e. ~5.8 half-lives at w = 0.0005
+/// (about an hour at the default 10 min half-life); a key with a short
+/// history adapts sooner, after about as many spans as it has seen. With
+/// w = 0.05 a 6× latency fault looked normal after 20 s.
+const UNUSUAL_WEIGHT: f32 = 0.0005;
 
 /// Span detector settings.
 #[derive(Debug, Clone, Copy)]
@@ -190,7 +199,7 @@ impl SpanDetector {
         // Unusual durations are kept (mostly) out of the baseline, so an
         // outage does not become the normal.
         let weight = if latency.score >= NORMAL_SCORE {
-            ANOMALOUS_WEIGHT
+            UNUSUAL_WEIGHT
         } else {
             1.0
         };

@@ -1,0 +1,774 @@
+//! Typed configuration: defaults, then a YAML file, then `OTEL_ANOMALY_*`
+//! environment variables, then command-line flags — resolved in one place
+//! ([`resolve`]) and validated once into a [`Config`].
+//!
+//! Environment variables name a path in the file with `__` between levels:
+//! `OTEL_ANOMALY_EXPORT__ELASTICSEARCH__URL=https://es:9200` sets
+//! `export.elasticsearch.url`. Values are parsed as YAML scalars, so numbers and
+//! booleans work. Unknown keys are errors that name the key and where it came from.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// Prefix of environment variables that override the configuration.
+pub const ENV_PREFIX: &str = "OTEL_ANOMALY_";
+
+/// Configuration errors; each names the file, variable or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("invalid environment variable {var}: {source}")]
+    Env { var: String, source: serde_yaml::Error },
+    #[error("invalid command-line flag --{flag}: {source}")]
+    Flag { flag: String, source: serde_yaml::Error },
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("cannot read secret file {path} (for {key}): {source}")]
+    Secret {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Environment this sidecar serves (dev, staging, prod…): data streams and keys are per environment.
+    pub environment: String,
+    /// Optional cluster name, recorded with the data.
+    pub cluster: Option<String>,
+    /// Directory for NDJSON output, dead letters and state.
+    pub data_dir: PathBuf,
+    /// Deadline for the staged shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub receiver: ReceiverSettings,
+    pub admin: AdminSettings,
+    pub pipeline: PipelineSettings,
+    pub detect: DetectSettings,
+    pub export: ExportSettings,
+    pub log: LogSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            environment: "default".into(),
+            cluster: None,
+            data_dir: PathBuf::from("otel-anomaly-data"),
+            shutdown_timeout: Duration::from_secs(15),
+            receiver: ReceiverSettings::default(),
+            admin: AdminSettings::default(),
+            pipeline: PipelineSettings::default(),
+            detect: DetectSettings::default(),
+            export: ExportSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+/// One listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSettings {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// OTLP receivers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiverSettings {
+    /// OTLP/gRPC (the collector's port 4317).
+    pub grpc: ListenerSettings,
+    /// OTLP/HTTP (the collector's port 4318: /v1/traces, /v1/metrics, /v1/logs).
+    pub http: ListenerSettings,
+    /// Largest request body accepted, bytes, as sent (compressed or not).
+    pub max_request_bytes: usize,
+    /// Largest request after decompression, bytes (caps gzip bombs).
+    pub max_decompressed_bytes: usize,
+}
+
+impl Default for ReceiverSettings {
+    fn default() -> Self {
+        Self {
+            grpc: ListenerSettings {
+                enabled: true,
+                listen: SocketAddr::from(([0, 0, 0, 0], 4317)),
+            },
+            http: ListenerSettings {
+                enabled: true,
+                listen: SocketAddr::from(([0, 0, 0, 0], 4318)),
+            },
+            max_request_bytes: 8 << 20,
+            max_decompressed_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Health and metrics endpoint.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Serves /metrics, /healthz and /readyz.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8888)),
+        }
+    }
+}
+
+/// Queues and workers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// Records (spans, points, log records) accepted but not yet exported; past it, receivers refuse.
+    pub max_queued_records: usize,
+    /// Scoring worker threads (0: one per core).
+    pub workers: usize,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        Self {
+            max_queued_records: 200_000,
+            workers: 0,
+        }
+    }
+}
+
+/// Detector settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectSettings {
+    pub spans: SpanDetectSettings,
+    pub metrics: MetricDetectSettings,
+    pub logs: LogDetectSettings,
+}
+
+/// Span detector.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpanDetectSettings {
+    /// Half-life of the latency and error-rate baselines.
+    #[serde(with = "humantime_serde")]
+    pub half_life: Duration,
+    /// Spans of history a key needs before its spans are scored.
+    pub min_samples: u64,
+    /// Interval over which error rates are judged.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Cap on (service, span name, kind) keys; more share an overflow key.
+    pub max_keys: usize,
+}
+
+impl Default for SpanDetectSettings {
+    fn default() -> Self {
+        Self {
+            half_life: Duration::from_secs(600),
+            min_samples: 50,
+            interval: Duration::from_secs(10),
+            max_keys: 10_000,
+        }
+    }
+}
+
+/// Metric detector.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricDetectSettings {
+    /// Points a series needs before it is scored.
+    pub min_samples: u64,
+    /// Effective memory of the baseline, in points.
+    pub window: u64,
+    /// Cap on tracked series.
+    pub max_series: usize,
+}
+
+impl Default for MetricDetectSettings {
+    fn default() -> Self {
+        Self {
+            min_samples: 30,
+            window: 200,
+            max_series: 50_000,
+        }
+    }
+}
+
+/// Log detector.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogDetectSettings {
+    /// Cap on tracked services.
+    pub max_services: usize,
+}
+
+impl Default for LogDetectSettings {
+    fn default() -> Self {
+        Self { max_services: 1_000 }
+    }
+}
+
+/// Outputs.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSettings {
+    /// Elasticsearch; when absent, documents go to NDJSON files (`file`).
+    pub elasticsearch: Option<ElasticsearchSettings>,
+    pub file: FileSettings,
+    /// Documents Elasticsearch rejected for good, with the reason (default: `<data_dir>/dead-letter.ndjson`).
+    pub dead_letter_path: Option<PathBuf>,
+}
+
+/// How documents are laid out in Elasticsearch.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexMode {
+    /// Data streams `traces-<dataset>-<environment>` (Elasticsearch 7.9+).
+    #[default]
+    DataStream,
+    /// Plain indices of the same names, for servers without data streams.
+    Index,
+}
+
+/// Bulk body compression.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    None,
+}
+
+/// Elasticsearch output.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElasticsearchSettings {
+    /// Node URLs (any one is used; requests go round-robin across them).
+    pub urls: Vec<String>,
+    /// Elastic Cloud id (instead of `urls`).
+    pub cloud_id: Option<String>,
+    /// File holding an encoded API key (the `encoded` value Elasticsearch returns).
+    pub api_key_file: Option<PathBuf>,
+    /// Basic auth user (with `password_file`).
+    pub username: Option<String>,
+    /// File holding the basic auth password.
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificate to trust for TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Data streams or plain indices.
+    pub mode: IndexMode,
+    /// Dataset part of the names: `traces-<dataset>-<environment>`.
+    pub dataset: String,
+    /// Install index templates at start.
+    pub setup: bool,
+    /// Send the Elasticsearch 8 compatibility media type.
+    pub compatibility_header: bool,
+    pub bulk: BulkSettings,
+}
+
+impl Default for ElasticsearchSettings {
+    fn default() -> Self {
+        Self {
+            urls: vec!["http://127.0.0.1:9200".into()],
+            cloud_id: None,
+            api_key_file: None,
+            username: None,
+            password_file: None,
+            ca_file: None,
+            mode: IndexMode::DataStream,
+            dataset: "otel".into(),
+            setup: true,
+            compatibility_header: false,
+            bulk: BulkSettings::default(),
+        }
+    }
+}
+
+/// Bulk request shaping and retries.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BulkSettings {
+    /// Most documents in one bulk request.
+    pub max_docs: usize,
+    /// Most bytes (uncompressed) in one bulk request.
+    pub max_bytes: usize,
+    /// Longest a document waits for a fuller request.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Bulk requests in flight at once.
+    pub max_in_flight: usize,
+    pub compression: Compression,
+    /// Timeout of one bulk request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts for a document Elasticsearch answered 429/5xx for, before it is dead-lettered.
+    /// Connection failures are retried without limit (backpressure stops intake instead).
+    pub max_retries: u32,
+    /// First retry delay; doubles up to `max_backoff`, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for BulkSettings {
+    fn default() -> Self {
+        Self {
+            max_docs: 2_000,
+            max_bytes: 5 << 20,
+            flush_interval: Duration::from_secs(1),
+            max_in_flight: 2,
+            compression: Compression::Gzip,
+            timeout: Duration::from_secs(30),
+            max_retries: 10,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// NDJSON file output (the embedded default).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSettings {
+    /// Output directory (default: `<data_dir>/ndjson`).
+    pub dir: Option<PathBuf>,
+    /// A file is rotated once it reaches this many bytes.
+    pub max_file_bytes: u64,
+}
+
+impl Default for FileSettings {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_file_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Process logs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info` or `otel_anomaly=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A secret value: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself; call only where it is sent.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Elasticsearch credentials, read from their files.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EsCredentials {
+    ApiKey(Secret),
+    Basic { username: String, password: Secret },
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub settings: Settings,
+    /// Elasticsearch credentials, if configured.
+    pub es_credentials: Option<EsCredentials>,
+    /// Where the settings came from, for messages.
+    pub source: String,
+}
+
+impl Config {
+    /// NDJSON output directory.
+    pub fn file_dir(&self) -> PathBuf {
+        self.settings
+            .export
+            .file
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.settings.data_dir.join("ndjson"))
+    }
+
+    /// Dead-letter file.
+    pub fn dead_letter_path(&self) -> PathBuf {
+        self.settings
+            .export
+            .dead_letter_path
+            .clone()
+            .unwrap_or_else(|| self.settings.data_dir.join("dead-letter.ndjson"))
+    }
+}
+
+/// Values given as command-line flags (highest precedence), as (config path, value).
+#[derive(Debug, Clone, Default)]
+pub struct FlagOverrides(pub Vec<(String, String)>);
+
+impl FlagOverrides {
+    /// Adds `path = value` if `value` is set.
+    pub fn set(&mut self, path: &str, value: Option<impl ToString>) {
+        if let Some(v) = value {
+            self.0.push((path.to_string(), v.to_string()));
+        }
+    }
+}
+
+fn set_path(root: &mut Value, path: &[String], value: Value) {
+    let mut cur = root;
+    for (i, seg) in path.iter().enumerate() {
+        if !cur.is_mapping() {
+            *cur = Value::Mapping(Default::default());
+        }
+        let Value::Mapping(map) = cur else { return };
+        let key = Value::String(seg.clone());
+        if i + 1 == path.len() {
+            map.insert(key, value);
+            return;
+        }
+        cur = map.entry(key).or_insert(Value::Mapping(Default::default()));
+    }
+}
+
+fn scalar(s: &str) -> Value {
+    // A YAML scalar: numbers and booleans are typed, anything else is a string.
+    match serde_yaml::from_str::<Value>(s) {
+        Ok(v @ (Value::Bool(_) | Value::Number(_) | Value::Sequence(_))) => v,
+        _ => Value::String(s.to_string()),
+    }
+}
+
+/// Turns `OTEL_ANOMALY_EXPORT__ELASTICSEARCH__URLS` into `export.elasticsearch.urls`.
+fn env_path(var: &str) -> Option<Vec<String>> {
+    let rest = var.strip_prefix(ENV_PREFIX)?;
+    if rest.is_empty() {
+        return None;
+    }
+    Some(rest.split("__").map(|s| s.to_ascii_lowercase()).collect())
+}
+
+/// Resolves the configuration: defaults < `file` < `env` (`OTEL_ANOMALY_*`) < `flags`,
+/// then validates it. `env` is passed in (not read here) so this is testable.
+pub fn resolve(
+    file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+    flags: &FlagOverrides,
+) -> Result<Config, ConfigError> {
+    let (mut tree, source) = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let tree: Value = if text.trim().is_empty() {
+                Value::Mapping(Default::default())
+            } else {
+                serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+            };
+            // Check the file alone first, so its errors name the file.
+            Settings::deserialize(tree.clone()).map_err(|source| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            (tree, path.display().to_string())
+        }
+        None => (Value::Mapping(Default::default()), "built-in defaults".to_string()),
+    };
+    for (var, raw) in env {
+        let Some(path) = env_path(var) else { continue };
+        let mut probe = tree.clone();
+        set_path(&mut probe, &path, scalar(raw));
+        Settings::deserialize(probe.clone()).map_err(|source| ConfigError::Env {
+            var: var.clone(),
+            source,
+        })?;
+        tree = probe;
+    }
+    for (path, raw) in &flags.0 {
+        let segs: Vec<String> = path.split('.').map(str::to_string).collect();
+        let mut probe = tree.clone();
+        set_path(&mut probe, &segs, scalar(raw));
+        Settings::deserialize(probe.clone()).map_err(|source| ConfigError::Flag {
+            flag: path.replace(['.', '_'], "-"),
+            source,
+        })?;
+        tree = probe;
+    }
+    let settings = Settings::deserialize(tree).map_err(|err| ConfigError::Parse {
+        path: PathBuf::from(&source),
+        source: err,
+    })?;
+    validate(settings, source)
+}
+
+fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Secret {
+        key: key.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(invalid(key, format!("secret file {} is empty", path.display())));
+    }
+    Ok(Secret(trimmed.to_string()))
+}
+
+fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
+    let s = &settings;
+    if s.environment.is_empty()
+        || !s
+            .environment
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+    {
+        // Elasticsearch data stream names are lowercase and may not contain '-' in the namespace.
+        return Err(invalid(
+            "environment",
+            format!(
+                "{:?} must be non-empty lowercase letters, digits, '_' or '.' (it becomes the data stream namespace)",
+                s.environment
+            ),
+        ));
+    }
+    if s.receiver.max_request_bytes == 0 {
+        return Err(invalid("receiver.max_request_bytes", "must be greater than 0"));
+    }
+    if s.receiver.max_decompressed_bytes < s.receiver.max_request_bytes {
+        return Err(invalid(
+            "receiver.max_decompressed_bytes",
+            "must be at least receiver.max_request_bytes",
+        ));
+    }
+    if !s.receiver.grpc.enabled && !s.receiver.http.enabled {
+        return Err(invalid("receiver", "enable at least one of grpc and http"));
+    }
+    if s.pipeline.max_queued_records == 0 {
+        return Err(invalid("pipeline.max_queued_records", "must be greater than 0"));
+    }
+    let d = &s.detect;
+    if d.spans.half_life.is_zero() || d.spans.interval.is_zero() {
+        return Err(invalid("detect.spans", "half_life and interval must be greater than 0"));
+    }
+    if d.spans.max_keys == 0 || d.metrics.max_series == 0 || d.logs.max_services == 0 {
+        return Err(invalid("detect", "max_keys, max_series and max_services must be greater than 0"));
+    }
+    if d.metrics.window == 0 {
+        return Err(invalid("detect.metrics.window", "must be greater than 0"));
+    }
+    let mut es_credentials = None;
+    if let Some(es) = &s.export.elasticsearch {
+        if es.urls.is_empty() && es.cloud_id.is_none() {
+            return Err(invalid("export.elasticsearch.urls", "give at least one URL or a cloud_id"));
+        }
+        for u in &es.urls {
+            let parsed = url::Url::parse(u).map_err(|e| invalid("export.elasticsearch.urls", format!("{u:?}: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid("export.elasticsearch.urls", format!("{u:?}: scheme must be http or https")));
+            }
+        }
+        if es.dataset.is_empty() || es.dataset.contains('-') || es.dataset.to_lowercase() != es.dataset {
+            return Err(invalid(
+                "export.elasticsearch.dataset",
+                "must be non-empty, lowercase, without '-'",
+            ));
+        }
+        let b = &es.bulk;
+        if b.max_docs == 0 || b.max_bytes == 0 || b.max_in_flight == 0 {
+            return Err(invalid(
+                "export.elasticsearch.bulk",
+                "max_docs, max_bytes and max_in_flight must be greater than 0",
+            ));
+        }
+        if let Some(ca) = &es.ca_file {
+            if !ca.is_file() {
+                return Err(invalid("export.elasticsearch.ca_file", format!("{} is not a file", ca.display())));
+            }
+        }
+        es_credentials = match (&es.api_key_file, &es.username, &es.password_file) {
+            (Some(_), Some(_), _) => {
+                return Err(invalid(
+                    "export.elasticsearch",
+                    "give either api_key_file or username/password_file, not both",
+                ))
+            }
+            (Some(path), None, _) => Some(EsCredentials::ApiKey(read_secret("export.elasticsearch.api_key_file", path)?)),
+            (None, Some(user), Some(path)) => Some(EsCredentials::Basic {
+                username: user.clone(),
+                password: read_secret("export.elasticsearch.password_file", path)?,
+            }),
+            (None, Some(_), None) => {
+                return Err(invalid("export.elasticsearch.password_file", "required with username"))
+            }
+            (None, None, Some(_)) => {
+                return Err(invalid("export.elasticsearch.username", "required with password_file"))
+            }
+            (None, None, None) => None,
+        };
+    }
+    if s.export.file.max_file_bytes == 0 {
+        return Err(invalid("export.file.max_file_bytes", "must be greater than 0"));
+    }
+    Ok(Config {
+        settings,
+        es_credentials,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let c = resolve(None, &BTreeMap::new(), &FlagOverrides::default()).unwrap();
+        assert_eq!(c.settings, Settings::default());
+        assert_eq!(c.settings.receiver.grpc.listen.port(), 4317);
+        assert_eq!(c.settings.receiver.http.listen.port(), 4318);
+        assert!(c.settings.export.elasticsearch.is_none());
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flags() {
+        let f = write("environment: staging\npipeline:\n  workers: 3\n  max_queued_records: 10\n");
+        let e = env(&[("OTEL_ANOMALY_PIPELINE__WORKERS", "5"), ("OTEL_ANOMALY_ENVIRONMENT", "prod"), ("OTHER", "x")]);
+        let mut flags = FlagOverrides::default();
+        flags.set("environment", Some("dev"));
+        let c = resolve(Some(f.path()), &e, &flags).unwrap();
+        assert_eq!(c.settings.environment, "dev");
+        assert_eq!(c.settings.pipeline.workers, 5);
+        assert_eq!(c.settings.pipeline.max_queued_records, 10);
+    }
+
+    #[test]
+    fn unknown_key_in_file_names_key_and_file() {
+        let f = write("receiver:\n  grpcc:\n    listen: 0.0.0.0:1\n");
+        let err = resolve(Some(f.path()), &BTreeMap::new(), &FlagOverrides::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::Parse { .. }));
+        assert!(msg.contains("grpcc"), "{msg}");
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_in_env_names_the_variable() {
+        let e = env(&[("OTEL_ANOMALY_PIPELINE__WORKRS", "5")]);
+        let err = resolve(None, &e, &FlagOverrides::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("OTEL_ANOMALY_PIPELINE__WORKRS") && msg.contains("workrs"), "{msg}");
+    }
+
+    #[test]
+    fn elasticsearch_settings_and_secrets() {
+        let key = write("  c2VjcmV0OmtleQ==\n");
+        let f = write(&format!(
+            "environment: prod\nexport:\n  elasticsearch:\n    urls: [\"https://es.example:9200\"]\n    api_key_file: {}\n    bulk:\n      flush_interval: 250ms\n",
+            key.path().display()
+        ));
+        let c = resolve(Some(f.path()), &BTreeMap::new(), &FlagOverrides::default()).unwrap();
+        let es = c.settings.export.elasticsearch.as_ref().unwrap();
+        assert_eq!(es.bulk.flush_interval, Duration::from_millis(250));
+        assert_eq!(es.mode, IndexMode::DataStream);
+        assert_eq!(c.es_credentials, Some(EsCredentials::ApiKey(Secret("c2VjcmV0OmtleQ==".into()))));
+        assert!(!format!("{c:?}").contains("c2VjcmV0OmtleQ"), "secret leaked into Debug");
+    }
+
+    #[test]
+    fn invalid_values_are_explained() {
+        let cases = [
+            ("environment: Prod-1\n", "environment"),
+            ("export:\n  elasticsearch:\n    urls: [\"ftp://x\"]\n", "export.elasticsearch.urls"),
+            ("receiver:\n  max_request_bytes: 0\n", "receiver.max_request_bytes"),
+            ("export:\n  elasticsearch:\n    username: u\n", "export.elasticsearch.password_file"),
+        ];
+        for (text, key) in cases {
+            let f = write(text);
+            let err = resolve(Some(f.path()), &BTreeMap::new(), &FlagOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_and_bad_yaml_are_clear() {
+        let err = resolve(Some(Path::new("/nonexistent/x.yaml")), &BTreeMap::new(), &FlagOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/x.yaml"));
+        let f = write("receiver: [unclosed\n");
+        let err = resolve(Some(f.path()), &BTreeMap::new(), &FlagOverrides::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+}

@@ -1,0 +1,154 @@
+//! The bulk API, as pure functions: build a body from documents, and sort
+//! the reply into per-document actions (delivered / duplicate / retry /
+//! reject). Parsing the items, never searching the body for `"errors":true`.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use super::Doc;
+use crate::export::document::json_str;
+
+/// What to do with one document after a bulk reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemAction {
+    /// Written (2xx).
+    Delivered,
+    /// Already there (409 on `create`): an earlier attempt delivered it.
+    Duplicate,
+    /// Retryable (429, 5xx): send again later.
+    Retry(String),
+    /// Rejected for good (mapping error, bad document…): dead-letter it.
+    Reject(String),
+}
+
+/// Why a whole bulk request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// Retry every document later (429, 5xx, auth, timeouts, unreadable replies).
+    Retry(String),
+    /// Every document is rejected for good (a 400 on the request as a whole).
+    Reject(String),
+}
+
+/// Appends `{"create":{"_index":…,"_id":…}}\n<source>\n` for each document.
+pub fn build_body(docs: &[Doc], index_of: impl Fn(&Doc) -> String, out: &mut Vec<u8>) {
+    for d in docs {
+        out.extend_from_slice(b"{\"create\":{\"_index\":");
+        json_str(out, &index_of(d));
+        out.extend_from_slice(b",\"_id\":");
+        json_str(out, &d.id);
+        out.extend_from_slice(b"}}\n");
+        out.extend_from_slice(&d.source);
+        out.push(b'\n');
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct BulkReply {
+    #[serde(default)]
+    items: Vec<HashMap<String, BulkItem>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BulkItem {
+    status: u16,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+/// Sorts one item by its status.
+pub fn classify_item(status: u16, error: Option<&serde_json::Value>) -> ItemAction {
+    let reason = || match error {
+        Some(e) => {
+            let ty = e.get("type").and_then(|t| t.as_str()).unwrap_or("error");
+            let why = e.get("reason").and_then(|t| t.as_str()).unwrap_or("");
+            format!("{status} {ty}: {why}")
+        }
+        None => format!("status {status}"),
+    };
+    match status {
+        200..=299 => ItemAction::Delivered,
+        409 => ItemAction::Duplicate,
+        429 | 500..=599 => ItemAction::Retry(reason()),
+        _ => ItemAction::Reject(reason()),
+    }
+}
+
+/// Sorts a whole reply: per-document actions in request order, or a
+/// failure of the request as a whole.
+pub fn classify_response(http_status: u16, body: &[u8], sent: usize) -> Result<Vec<ItemAction>, RequestFailure> {
+    let snippet = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+    match http_status {
+        200..=299 => {}
+        400 => return Err(RequestFailure::Reject(format!("bulk request rejected (400): {}", snippet()))),
+        413 => {
+            return Err(RequestFailure::Retry(
+                "bulk request too large (413): lower export.elasticsearch.bulk.max_bytes".into(),
+            ))
+        }
+        s => return Err(RequestFailure::Retry(format!("bulk request failed ({s}): {}", snippet()))),
+    }
+    let reply: BulkReply = serde_json::from_slice(body)
+        .map_err(|e| RequestFailure::Retry(format!("unreadable bulk reply: {e}")))?;
+    if reply.items.len() != sent {
+        return Err(RequestFailure::Retry(format!(
+            "bulk reply has {} items for {sent} documents",
+            reply.items.len()
+        )));
+    }
+    Ok(reply
+        .items
+        .iter()
+        .map(|item| match item.values().next() {
+            Some(it) => classify_item(it.status, it.error.as_ref()),
+            None => ItemAction::Retry("empty bulk reply item".into()),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Signal;
+
+    #[test]
+    fn items_are_sorted_by_status() {
+        let body = br#"{"errors":true,"took":3,"items":[
+            {"create":{"_index":"t","_id":"1","status":201}},
+            {"create":{"_index":"t","_id":"2","status":409,"error":{"type":"version_conflict_engine_exception","reason":"exists"}}},
+            {"create":{"_index":"t","_id":"3","status":429,"error":{"type":"es_rejected_execution_exception","reason":"queue full"}}},
+            {"create":{"_index":"t","_id":"4","status":503,"error":{"type":"unavailable_shards_exception","reason":"x"}}},
+            {"create":{"_index":"t","_id":"5","status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [x]"}}}
+        ]}"#;
+        let actions = classify_response(200, body, 5).unwrap();
+        assert_eq!(actions[0], ItemAction::Delivered);
+        assert_eq!(actions[1], ItemAction::Duplicate);
+        assert!(matches!(&actions[2], ItemAction::Retry(r) if r.contains("429")));
+        assert!(matches!(&actions[3], ItemAction::Retry(r) if r.contains("503")));
+        assert!(matches!(&actions[4], ItemAction::Reject(r) if r.contains("mapper_parsing_exception")));
+    }
+
+    #[test]
+    fn whole_request_failures() {
+        assert!(matches!(classify_response(429, b"busy", 1), Err(RequestFailure::Retry(_))));
+        assert!(matches!(classify_response(502, b"", 1), Err(RequestFailure::Retry(_))));
+        assert!(matches!(classify_response(401, b"", 1), Err(RequestFailure::Retry(_))));
+        assert!(matches!(classify_response(400, b"bad", 1), Err(RequestFailure::Reject(_))));
+        assert!(matches!(classify_response(200, b"not json", 1), Err(RequestFailure::Retry(_))));
+        // A reply that does not account for every document is not trusted.
+        let body = br#"{"errors":false,"items":[{"create":{"status":201}}]}"#;
+        assert!(matches!(classify_response(200, body, 2), Err(RequestFailure::Retry(_))));
+    }
+
+    #[test]
+    fn body_is_ndjson_with_create_actions() {
+        let docs = vec![Doc::new(Signal::traces, "a\"b".into(), b"{\"x\":1}".to_vec())];
+        let mut out = Vec::new();
+        build_body(&docs, |_| "traces-otel-prod".into(), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"create\":{\"_index\":\"traces-otel-prod\",\"_id\":\"a\\\"b\"}}\n{\"x\":1}\n"
+        );
+    }
+}

@@ -1,0 +1,437 @@
+//! Elasticsearch output through the official client: index templates at
+//! start, bulk `create` requests (gzip on a blocking thread), per-item
+//! results: delivered and duplicate items are done, 429/5xx items are retried
+//! with backoff and jitter, the rest go to the dead-letter file.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use elasticsearch::auth::Credentials;
+use elasticsearch::cert::{Certificate, CertificateValidation};
+use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use elasticsearch::http::transport::{
+    MultiNodeConnectionPool, SingleNodeConnectionPool, Transport, TransportBuilder,
+};
+use elasticsearch::http::Method;
+use rand::Rng;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::bulk::{build_body, classify_response, ItemAction, RequestFailure};
+use super::{stream_name, Doc};
+use crate::config::{Compression, Config, ElasticsearchSettings, EsCredentials, IndexMode};
+use crate::pipeline::ExportCtx;
+use crate::telemetry::{BulkLabels, BulkOutcome, ExportLabels, ExportOutcome, Signal};
+
+/// Errors building the client.
+#[derive(Debug, thiserror::Error)]
+pub enum EsError {
+    #[error("invalid Elasticsearch URL {url:?}: {source}")]
+    Url { url: String, source: url::ParseError },
+    #[error("cannot read CA file {path}: {source}")]
+    Ca { path: String, source: std::io::Error },
+    #[error("invalid CA certificate in {path}: {source}")]
+    CaParse {
+        path: String,
+        source: elasticsearch::Error,
+    },
+    #[error("cannot build the Elasticsearch client: {0}")]
+    Build(String),
+}
+
+/// The Elasticsearch exporter.
+#[derive(Clone)]
+pub struct EsExporter {
+    transport: Transport,
+    settings: ElasticsearchSettings,
+    environment: String,
+}
+
+impl std::fmt::Debug for EsExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EsExporter").field("urls", &self.settings.urls).finish()
+    }
+}
+
+fn credentials(c: &Option<EsCredentials>) -> Option<Credentials> {
+    match c {
+        Some(EsCredentials::ApiKey(k)) => Some(Credentials::EncodedApiKey(k.expose().to_string())),
+        Some(EsCredentials::Basic { username, password }) => {
+            Some(Credentials::Basic(username.clone(), password.expose().to_string()))
+        }
+        None => None,
+    }
+}
+
+impl EsExporter {
+    /// Builds the client from the checked config (no network I/O).
+    pub fn new(cfg: &Config, es: &ElasticsearchSettings) -> Result<Self, EsError> {
+        let creds = credentials(&cfg.es_credentials);
+        let mut builder = if let Some(cloud_id) = &es.cloud_id {
+            let pool = elasticsearch::http::transport::CloudConnectionPool::new(cloud_id)
+                .map_err(|e| EsError::Build(format!("invalid cloud_id: {e}")))?;
+            TransportBuilder::new(pool)
+        } else if es.urls.len() == 1 {
+            let url = url::Url::parse(&es.urls[0]).map_err(|source| EsError::Url {
+                url: es.urls[0].clone(),
+                source,
+            })?;
+            TransportBuilder::new(SingleNodeConnectionPool::new(url))
+        } else {
+            let mut urls = Vec::new();
+            for u in &es.urls {
+                urls.push(url::Url::parse(u).map_err(|source| EsError::Url { url: u.clone(), source })?);
+            }
+            TransportBuilder::new(MultiNodeConnectionPool::round_robin(urls, None))
+        };
+        if let Some(c) = creds {
+            builder = builder.auth(c);
+        }
+        if let Some(ca) = &es.ca_file {
+            let pem = std::fs::read(ca).map_err(|source| EsError::Ca {
+                path: ca.display().to_string(),
+                source,
+            })?;
+            let cert = Certificate::from_pem(&pem).map_err(|source| EsError::CaParse {
+                path: ca.display().to_string(),
+                source,
+            })?;
+            builder = builder.cert_validation(CertificateValidation::Full(cert));
+        }
+        let transport = builder
+            .timeout(es.bulk.timeout)
+            .build()
+            .map_err(|e| EsError::Build(e.to_string()))?;
+        Ok(Self {
+            transport,
+            settings: es.clone(),
+            environment: cfg.settings.environment.clone(),
+        })
+    }
+
+    /// Index or data stream a document goes to.
+    pub fn index_of(&self, signal: Signal) -> String {
+        stream_name(signal, &self.settings.dataset, &self.environment)
+    }
+
+    fn content_type(&self) -> &'static str {
+        if self.settings.compatibility_header {
+            "application/vnd.elasticsearch+x-ndjson; compatible-with=8"
+        } else {
+            "application/x-ndjson"
+        }
+    }
+
+    /// Installs one index template per signal; a 2xx means the server was reached.
+    pub async fn setup(&self) -> Result<(), String> {
+        for signal in [Signal::traces, Signal::metrics, Signal::logs] {
+            let name = format!("otel-anomaly-{}-{}", signal.as_str(), self.settings.dataset);
+            let body = template_body(signal, &self.settings);
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let resp = self
+                .transport
+                .send(
+                    Method::Put,
+                    &format!("/_index_template/{name}"),
+                    headers,
+                    None::<&()>,
+                    Some(body.into_bytes()),
+                    None,
+                )
+                .await
+                .map_err(|e| format!("cannot reach Elasticsearch: {e}"))?;
+            let status = resp.status_code().as_u16();
+            if !(200..300).contains(&status) {
+                let text = resp.text().await.unwrap_or_default();
+                return Err(format!(
+                    "installing index template {name} failed ({status}): {}",
+                    &text[..text.len().min(300)]
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one bulk body; returns the HTTP status and reply body.
+    async fn send(&self, body: Bytes, gzipped: bool) -> Result<(u16, Bytes), String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type()));
+        if gzipped {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        let resp = self
+            .transport
+            .send(Method::Post, "/_bulk", headers, None::<&()>, Some(body), None)
+            .await
+            .map_err(|e| format!("bulk request failed: {e}"))?;
+        let status = resp.status_code().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| format!("reading bulk reply failed: {e}"))?;
+        Ok((status, bytes))
+    }
+}
+
+/// Index template for one signal: data stream (or plain index) with the
+/// fields that must not be guessed by dynamic mapping.
+pub fn template_body(signal: Signal, es: &ElasticsearchSettings) -> String {
+    let pattern = format!("{}-{}-*", signal.as_str(), es.dataset);
+    let mut properties = serde_json::json!({
+        "@timestamp": {"type": "date_nanos"},
+        "data_stream": {"properties": {
+            "type": {"type": "keyword"}, "dataset": {"type": "keyword"}, "namespace": {"type": "keyword"}
+        }},
+        "attributes": {"type": "object", "subobjects": false},
+        "resource": {"properties": {"attributes": {"type": "object", "subobjects": false}}},
+        "anomaly": {"properties": {
+            "score": {"type": "float"},
+            "severity": {"type": "keyword"},
+            "explanation": {"type": "text"}
+        }}
+    });
+    let extra = match signal {
+        Signal::traces => serde_json::json!({
+            "trace_id": {"type": "keyword"}, "span_id": {"type": "keyword"},
+            "parent_span_id": {"type": "keyword"}, "name": {"type": "keyword"},
+            "kind": {"type": "keyword"}, "duration": {"type": "long"},
+            "status": {"properties": {"code": {"type": "keyword"}}}
+        }),
+        Signal::metrics => serde_json::json!({
+            "start_timestamp": {"type": "date_nanos"},
+            "metric": {"properties": {"name": {"type": "keyword"}, "type": {"type": "keyword"}, "unit": {"type": "keyword"}}}
+        }),
+        Signal::logs => serde_json::json!({
+            "observed_timestamp": {"type": "date_nanos"},
+            "severity_text": {"type": "keyword"}, "severity_number": {"type": "integer"},
+            "trace_id": {"type": "keyword"}, "span_id": {"type": "keyword"}
+        }),
+    };
+    if let (Some(p), Some(e)) = (properties.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            p.insert(k.clone(), v.clone());
+        }
+    }
+    let mut body = serde_json::json!({
+        "index_patterns": [pattern],
+        "priority": 250,
+        "template": {"mappings": {"properties": properties}},
+        "_meta": {"managed_by": "otel-anomaly"}
+    });
+    if es.mode == IndexMode::DataStream {
+        body["data_stream"] = serde_json::json!({});
+    }
+    body.to_string()
+}
+
+fn backoff(attempt: u32, es: &ElasticsearchSettings) -> Duration {
+    let base = es.bulk.initial_backoff.as_millis() as u64;
+    let cap = es.bulk.max_backoff.as_millis() as u64;
+    let exp = base.saturating_mul(1u64 << attempt.min(16)).min(cap).max(1);
+    // Full jitter on the upper half: spread retries without ever retrying instantly.
+    let ms = rand::rng().random_range(exp / 2..=exp);
+    Duration::from_millis(ms)
+}
+
+fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    // Level 1: most of the size win for a fraction of the CPU of the default level.
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+    enc.write_all(body)?;
+    enc.finish()
+}
+
+type BulkResult = (Vec<Doc>, Result<Vec<ItemAction>, RequestFailure>, bool);
+
+async fn send_batch(exp: EsExporter, docs: Vec<Doc>) -> BulkResult {
+    let compress = exp.settings.bulk.compression == Compression::Gzip;
+    let exp2 = exp.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let mut body = Vec::with_capacity(docs.iter().map(|d| d.source.len() + 96).sum());
+        build_body(&docs, |d| exp2.index_of(d.signal), &mut body);
+        let body = if compress { gzip(&body) } else { Ok(body) };
+        (docs, body)
+    })
+    .await;
+    let (docs, body) = match built {
+        Ok(v) => v,
+        Err(e) => {
+            // The blocking task panicked: a bug; keep the documents by failing the batch as retryable.
+            tracing::error!(error = %e, "building bulk body failed");
+            return (Vec::new(), Err(RequestFailure::Retry(format!("internal error: {e}"))), false);
+        }
+    };
+    let body = match body {
+        Ok(b) => Bytes::from(b),
+        Err(e) => return (docs, Err(RequestFailure::Retry(format!("compressing bulk body failed: {e}"))), false),
+    };
+    match exp.send(body, compress).await {
+        Ok((status, reply)) => {
+            let reached = (200..300).contains(&status);
+            let n = docs.len();
+            (docs, classify_response(status, &reply, n), reached)
+        }
+        Err(e) => (docs, Err(RequestFailure::Retry(e)), false),
+    }
+}
+
+/// Runs the exporter until `input` closes and everything is delivered, or
+/// `hard_stop` fires (then what is still pending is logged as not delivered).
+pub async fn run(
+    exp: EsExporter,
+    input: flume::Receiver<Vec<Doc>>,
+    ctx: Arc<ExportCtx>,
+    hard_stop: CancellationToken,
+) {
+    let es = exp.settings.clone();
+    if es.setup {
+        let mut attempt = 0;
+        loop {
+            tokio::select! {
+                r = exp.setup() => match r {
+                    Ok(()) => {
+                        ctx.health.set_ready();
+                        ctx.metrics.ready.set(1);
+                        tracing::info!(urls = ?es.urls, mode = ?es.mode, "elasticsearch reached, index templates installed");
+                        break;
+                    }
+                    Err(e) => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "elasticsearch setup failed; retrying (data waits in the queue)");
+                    }
+                },
+                _ = hard_stop.cancelled() => break,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff(attempt, &es)) => {}
+                _ = hard_stop.cancelled() => break,
+            }
+        }
+    }
+
+    let mut pending: VecDeque<Doc> = VecDeque::new();
+    let mut retry: Vec<(Instant, Doc)> = Vec::new();
+    let mut in_flight: JoinSet<BulkResult> = JoinSet::new();
+    let mut first_pending_at: Option<Instant> = None;
+    let mut paused_until: Option<Instant> = None;
+    let mut consecutive_failures = 0u32;
+    let mut input_open = true;
+    let tick = (es.bulk.flush_interval / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
+
+    loop {
+        let now = Instant::now();
+        // Due retries go back to the front of the queue.
+        if !retry.is_empty() {
+            let (due, later): (Vec<_>, Vec<_>) = retry.drain(..).partition(|(t, _)| *t <= now);
+            retry = later;
+            for (_, d) in due.into_iter().rev() {
+                pending.push_front(d);
+            }
+            if !pending.is_empty() && first_pending_at.is_none() {
+                first_pending_at = Some(now);
+            }
+        }
+        let paused = paused_until.is_some_and(|t| t > now);
+        while !paused && in_flight.len() < es.bulk.max_in_flight && !pending.is_empty() {
+            let flush_due = first_pending_at.is_some_and(|t| now.duration_since(t) >= es.bulk.flush_interval);
+            if pending.len() < es.bulk.max_docs && !flush_due && input_open {
+                break;
+            }
+            let mut batch = Vec::with_capacity(es.bulk.max_docs.min(pending.len()));
+            let mut bytes = 0usize;
+            while let Some(d) = pending.front() {
+                if batch.len() >= es.bulk.max_docs || (!batch.is_empty() && bytes + d.source.len() > es.bulk.max_bytes) {
+                    break;
+                }
+                bytes += d.source.len() + 96;
+                if let Some(d) = pending.pop_front() {
+                    batch.push(d);
+                }
+            }
+            first_pending_at = if pending.is_empty() { None } else { Some(now) };
+            in_flight.spawn(send_batch(exp.clone(), batch));
+        }
+        if !input_open && pending.is_empty() && retry.is_empty() && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            msg = input.recv_async(), if input_open => match msg {
+                Ok(docs) => {
+                    if pending.is_empty() {
+                        first_pending_at = Some(Instant::now());
+                    }
+                    pending.extend(docs);
+                }
+                Err(_) => input_open = false,
+            },
+            Some(joined) = in_flight.join_next() => {
+                let Ok((docs, result, reached)) = joined else { continue };
+                if reached && !ctx.health.is_ready() {
+                    ctx.health.set_ready();
+                    ctx.metrics.ready.set(1);
+                }
+                match result {
+                    Ok(actions) => {
+                        consecutive_failures = 0;
+                        paused_until = None;
+                        let mut dead = Vec::new();
+                        let (mut done, mut retried) = (0usize, 0usize);
+                        for (mut doc, action) in docs.into_iter().zip(actions) {
+                            match action {
+                                ItemAction::Delivered | ItemAction::Duplicate => {
+                                    let outcome = if action == ItemAction::Delivered { ExportOutcome::created } else { ExportOutcome::duplicate };
+                                    ctx.metrics.exported.get_or_create(&ExportLabels { outcome }).inc();
+                                    done += 1;
+                                }
+                                ItemAction::Retry(reason) => {
+                                    doc.attempts += 1;
+                                    if doc.attempts > es.bulk.max_retries {
+                                        dead.push((doc, format!("retries exhausted after {} attempts: {reason}", es.bulk.max_retries + 1)));
+                                    } else {
+                                        ctx.metrics.export_retries.inc();
+                                        retried += 1;
+                                        let at = Instant::now() + backoff(doc.attempts, &es);
+                                        retry.push((at, doc));
+                                    }
+                                }
+                                ItemAction::Reject(reason) => dead.push((doc, reason)),
+                            }
+                        }
+                        let outcome = if retried + dead.len() == 0 { BulkOutcome::ok } else { BulkOutcome::partial };
+                        ctx.metrics.bulk_requests.get_or_create(&BulkLabels { outcome }).inc();
+                        if retried > 0 {
+                            tracing::debug!(retried, "bulk items will be retried");
+                        }
+                        ctx.admission.release(done);
+                        ctx.dead_letter(dead).await;
+                    }
+                    Err(RequestFailure::Retry(reason)) => {
+                        consecutive_failures += 1;
+                        ctx.metrics.bulk_requests.get_or_create(&BulkLabels { outcome: BulkOutcome::failed }).inc();
+                        let wait = backoff(consecutive_failures, &es);
+                        tracing::warn!(error = %reason, docs = docs.len(), retry_in_ms = wait.as_millis() as u64, "bulk request failed; will retry");
+                        paused_until = Some(Instant::now() + wait);
+                        ctx.metrics.export_retries.inc_by(docs.len() as u64);
+                        for d in docs.into_iter().rev() {
+                            pending.push_front(d);
+                        }
+                        first_pending_at.get_or_insert(Instant::now());
+                    }
+                    Err(RequestFailure::Reject(reason)) => {
+                        ctx.metrics.bulk_requests.get_or_create(&BulkLabels { outcome: BulkOutcome::failed }).inc();
+                        let dead = docs.into_iter().map(|d| (d, reason.clone())).collect();
+                        ctx.dead_letter(dead).await;
+                    }
+                }
+            },
+            _ = tokio::time::sleep(tick) => {}
+            _ = hard_stop.cancelled() => {
+                let lost = pending.len() + retry.len();
+                if lost > 0 || !in_flight.is_empty() {
+                    tracing::error!(pending = lost, in_flight_requests = in_flight.len(), "shutdown deadline reached before every document was delivered");
+                }
+                break;
+            }
+        }
+    }
+}

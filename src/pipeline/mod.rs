@@ -1,0 +1,274 @@
+//! The bounded pipeline: admission (a cap on records accepted but not yet
+//! exported), a bounded work queue, scoring workers on their own threads,
+//! and the hand-off to the exporter.
+//!
+//! A record holds one admission permit from the moment a receiver accepts
+//! it until the output has delivered it (or dead-lettered it). When the cap
+//! is reached, receivers refuse at once; nothing buffers without limit.
+
+pub mod process;
+pub mod validate;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use tokio::sync::Semaphore;
+
+use crate::export::deadletter::DeadLetter;
+use crate::export::Doc;
+use crate::telemetry::{Health, Metrics, Signal};
+
+/// A decoded export request.
+#[derive(Debug)]
+pub enum Payload {
+    Traces(ExportTraceServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+    Logs(ExportLogsServiceRequest),
+}
+
+impl Payload {
+    /// The signal of this payload.
+    pub fn signal(&self) -> Signal {
+        match self {
+            Payload::Traces(_) => Signal::traces,
+            Payload::Metrics(_) => Signal::metrics,
+            Payload::Logs(_) => Signal::logs,
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("queue full: {queued} of {capacity} records waiting for export (raise pipeline.max_queued_records, or add sidecars); retry later")]
+    QueueFull { queued: usize, capacity: usize },
+    #[error("shutting down; send to another sidecar or retry later")]
+    ShuttingDown,
+    #[error("request holds {records} records, more than pipeline.max_queued_records ({capacity}); split it into smaller requests")]
+    TooLarge { records: usize, capacity: usize },
+}
+
+/// The cap on records in the pipeline.
+#[derive(Debug)]
+pub struct Admission {
+    sem: Semaphore,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Admission {
+    /// A cap of `capacity` records.
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        metrics.queue_capacity.set(capacity as i64);
+        Self {
+            sem: Semaphore::new(capacity),
+            capacity,
+            metrics,
+        }
+    }
+
+    /// Takes `n` permits, or refuses at once.
+    pub fn try_admit(&self, n: usize) -> Result<(), Refusal> {
+        if n > self.capacity {
+            return Err(Refusal::TooLarge {
+                records: n,
+                capacity: self.capacity,
+            });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        match self.sem.try_acquire_many(n as u32) {
+            Ok(permit) => {
+                // Permits travel with the records as a count and come back through `release`.
+                permit.forget();
+                self.metrics.queued.set(self.queued() as i64);
+                Ok(())
+            }
+            Err(_) => Err(Refusal::QueueFull {
+                queued: self.queued(),
+                capacity: self.capacity,
+            }),
+        }
+    }
+
+    /// Returns `n` permits (records delivered or dead-lettered).
+    pub fn release(&self, n: usize) {
+        if n > 0 {
+            self.sem.add_permits(n);
+            self.metrics.queued.set(self.queued() as i64);
+        }
+    }
+
+    /// Records currently in the pipeline.
+    pub fn queued(&self) -> usize {
+        self.capacity.saturating_sub(self.sem.available_permits())
+    }
+
+    /// The cap.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// What the exporters share with the pipeline.
+#[derive(Debug)]
+pub struct ExportCtx {
+    pub admission: Arc<Admission>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub dead_letter: DeadLetter,
+}
+
+impl ExportCtx {
+    /// Writes documents to the dead-letter file and releases their permits.
+    pub async fn dead_letter(&self, entries: Vec<(Doc, String)>) {
+        if entries.is_empty() {
+            return;
+        }
+        let n = entries.len();
+        for (doc, reason) in entries.iter().take(3) {
+            tracing::warn!(signal = doc.signal.as_str(), id = %doc.id, reason = %reason, "document rejected by the output; dead-lettered");
+        }
+        let dl = DeadLetter::new(self.dead_letter.path());
+        let written = tokio::task::spawn_blocking(move || dl.write(&entries)).await;
+        match written {
+            Ok(Ok(())) => {
+                self.metrics.dead_lettered.inc_by(n as u64);
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, path = %self.dead_letter.path().display(), docs = n, "writing the dead-letter file failed; these documents are lost"),
+            Err(e) => tracing::error!(error = %e, docs = n, "dead-letter task failed; these documents are lost"),
+        }
+        self.admission.release(n);
+    }
+}
+
+/// A notable anomaly, kept for the demo and the logs.
+#[derive(Debug, Clone)]
+pub struct AnomalyNote {
+    pub at: SystemTime,
+    pub signal: Signal,
+    pub service: String,
+    pub subject: String,
+    pub score: f32,
+    pub severity: &'static str,
+    pub explanation: String,
+}
+
+/// The most recent anomalies (bounded ring).
+#[derive(Debug, Default)]
+pub struct AnomalyFeed {
+    ring: Mutex<VecDeque<AnomalyNote>>,
+}
+
+/// Anomalies kept in the feed.
+const FEED_CAPACITY: usize = 4096;
+
+impl AnomalyFeed {
+    /// Adds a note, dropping the oldest past the capacity.
+    pub fn push(&self, note: AnomalyNote) {
+        if let Ok(mut ring) = self.ring.lock() {
+            if ring.len() == FEED_CAPACITY {
+                ring.pop_front();
+            }
+            ring.push_back(note);
+        }
+    }
+
+    /// Notes at or after `since`.
+    pub fn since(&self, since: SystemTime) -> Vec<AnomalyNote> {
+        self.ring
+            .lock()
+            .map(|r| r.iter().filter(|n| n.at >= since).cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The receivers' door into the pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    admission: Arc<Admission>,
+    tx: RwLock<Option<flume::Sender<Payload>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    /// A pipeline feeding `tx`.
+    pub fn new(admission: Arc<Admission>, tx: flume::Sender<Payload>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            admission,
+            tx: RwLock::new(Some(tx)),
+            metrics,
+        }
+    }
+
+    /// Accepts a request of `records` records, or refuses it at once.
+    pub fn submit(&self, payload: Payload, records: usize) -> Result<(), Refusal> {
+        let signal = payload.signal();
+        let guard = self.tx.read().map_err(|_| Refusal::ShuttingDown)?;
+        let Some(tx) = guard.as_ref() else {
+            return Err(Refusal::ShuttingDown);
+        };
+        self.admission.try_admit(records)?;
+        if let Err(e) = tx.try_send(payload) {
+            self.admission.release(records);
+            return Err(match e {
+                flume::TrySendError::Full(_) => Refusal::QueueFull {
+                    queued: self.admission.queued(),
+                    capacity: self.admission.capacity(),
+                },
+                flume::TrySendError::Disconnected(_) => Refusal::ShuttingDown,
+            });
+        }
+        self.metrics
+            .received
+            .get_or_create(&crate::telemetry::SignalLabels { signal })
+            .inc_by(records as u64);
+        Ok(())
+    }
+
+    /// Stops intake: later submits are refused; workers drain what is queued.
+    pub fn close(&self) {
+        if let Ok(mut g) = self.tx.write() {
+            g.take();
+        }
+    }
+
+    /// The admission cap.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_refuses_past_the_cap_and_recovers() {
+        let m = Arc::new(Metrics::default());
+        let a = Admission::new(10, m);
+        a.try_admit(6).unwrap();
+        assert_eq!(a.try_admit(5), Err(Refusal::QueueFull { queued: 6, capacity: 10 }));
+        a.try_admit(4).unwrap();
+        assert_eq!(a.queued(), 10);
+        a.release(6);
+        a.try_admit(5).unwrap();
+        assert!(matches!(a.try_admit(11), Err(Refusal::TooLarge { .. })));
+    }
+
+    #[test]
+    fn closed_pipeline_refuses() {
+        let m = Arc::new(Metrics::default());
+        let (tx, _rx) = flume::bounded(4);
+        let p = Pipeline::new(Arc::new(Admission::new(10, m.clone())), tx, m);
+        p.close();
+        let r = p.submit(Payload::Logs(Default::default()), 1);
+        assert_eq!(r, Err(Refusal::ShuttingDown));
+        assert_eq!(p.admission().queued(), 0);
+    }
+}

@@ -1,0 +1,385 @@
+//! Scoring workers: each request is scored record by record (detect), the
+//! verdicts are put onto the records (enrich) and encoded as documents for
+//! the exporter. Runs on plain threads, off the async runtime.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use prost::Message;
+
+use super::{AnomalyFeed, AnomalyNote, Payload};
+use crate::config::Settings;
+use crate::detect::keys::{key_hash, KeyHash};
+use crate::detect::log::LogDetector;
+use crate::detect::metric::{MetricDetector, MetricParams, PointValue};
+use crate::detect::rate::RateParams;
+use crate::detect::span::{SpanDetector, SpanObs, SpanParams};
+use crate::detect::{Verdict, ANOMALOUS_SCORE};
+use crate::export::document::{
+    attr_str, encode_log, encode_point, encode_resource, encode_scope, encode_span, hex, span_is_error, DataStream,
+    PointRef, Shared,
+};
+use crate::export::Doc;
+use crate::telemetry::{Metrics, Signal, SignalLabels};
+
+/// Detector state is split into shards by key hash so workers rarely contend.
+const SHARDS: usize = 16;
+
+/// Service name used when a resource has none (the OTel SDK default prefix).
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// All detectors of one sidecar.
+#[derive(Debug)]
+pub struct Detectors {
+    spans: Vec<Mutex<SpanDetector>>,
+    metrics: Vec<Mutex<MetricDetector>>,
+    logs: Mutex<LogDetector>,
+}
+
+impl Detectors {
+    /// Detectors configured from `settings.detect`.
+    pub fn new(settings: &Settings) -> Self {
+        let d = &settings.detect;
+        let span_params = SpanParams {
+            half_life_ns: d.spans.half_life.as_nanos() as u64,
+            min_samples: d.spans.min_samples,
+            interval_ns: d.spans.interval.as_nanos() as u64,
+            max_keys: d.spans.max_keys.div_ceil(SHARDS),
+        };
+        let metric_params = MetricParams {
+            min_samples: d.metrics.min_samples,
+            window: d.metrics.window,
+            max_series: d.metrics.max_series.div_ceil(SHARDS),
+        };
+        let log_params = RateParams {
+            interval_ns: span_params.interval_ns,
+            half_life_ns: span_params.half_life_ns,
+            min_samples: d.spans.min_samples,
+        };
+        Self {
+            spans: (0..SHARDS).map(|_| Mutex::new(SpanDetector::new(span_params))).collect(),
+            metrics: (0..SHARDS).map(|_| Mutex::new(MetricDetector::new(metric_params))).collect(),
+            logs: Mutex::new(LogDetector::new(log_params, d.logs.max_services)),
+        }
+    }
+
+    fn span(&self, obs: &SpanObs<'_>) -> Verdict {
+        let key = obs.key();
+        let shard = &self.spans[(key % SHARDS as u64) as usize];
+        // A poisoned shard means a detector panicked: a bug. Keep serving with its state.
+        let mut d = shard.lock().unwrap_or_else(|p| p.into_inner());
+        d.observe_key(key, obs)
+    }
+
+    fn point(&self, key: KeyHash, v: PointValue) -> Option<Verdict> {
+        let shard = &self.metrics[(key % SHARDS as u64) as usize];
+        let mut d = shard.lock().unwrap_or_else(|p| p.into_inner());
+        d.observe(key, v)
+    }
+
+    fn log(&self, service: &str, time_ns: u64, severity: i32) -> Verdict {
+        let mut d = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        d.observe(service, time_ns, severity)
+    }
+
+    /// (tracked span keys, span overflow records, tracked series, series overflow points).
+    pub fn stats(&self) -> (usize, u64, usize, u64) {
+        let mut out = (0, 0, 0, 0);
+        for s in &self.spans {
+            let d = s.lock().unwrap_or_else(|p| p.into_inner());
+            out.0 += d.keys();
+            out.1 += d.overflowed();
+        }
+        for s in &self.metrics {
+            let d = s.lock().unwrap_or_else(|p| p.into_inner());
+            out.2 += d.series();
+            out.3 += d.overflowed();
+        }
+        out
+    }
+}
+
+/// Turns requests into scored documents.
+#[derive(Debug)]
+pub struct Processor {
+    detectors: Detectors,
+    data_stream: DataStream,
+    metrics: Arc<Metrics>,
+    feed: Arc<AnomalyFeed>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn id128(parts: &[&[u8]]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for p in parts {
+        h.update(&(p.len() as u32).to_le_bytes());
+        h.update(p);
+    }
+    hex(&h.digest128().to_be_bytes())
+}
+
+impl Processor {
+    /// A processor for the sidecar's environment.
+    pub fn new(settings: &Settings, dataset: &str, metrics: Arc<Metrics>, feed: Arc<AnomalyFeed>) -> Self {
+        Self {
+            detectors: Detectors::new(settings),
+            data_stream: DataStream {
+                dataset: dataset.to_string(),
+                namespace: settings.environment.clone(),
+            },
+            metrics,
+            feed,
+        }
+    }
+
+    /// The detectors (for stats).
+    pub fn detectors(&self) -> &Detectors {
+        &self.detectors
+    }
+
+    fn note(&self, signal: Signal, service: &str, subject: &str, v: &Verdict) {
+        if v.score < ANOMALOUS_SCORE {
+            return;
+        }
+        self.metrics.anomalous.get_or_create(&SignalLabels { signal }).inc();
+        let mut explanation = String::new();
+        v.explanation.render(subject, &mut explanation);
+        self.feed.push(AnomalyNote {
+            at: SystemTime::now(),
+            signal,
+            service: service.to_string(),
+            subject: subject.to_string(),
+            score: v.score,
+            severity: v.severity.as_str(),
+            explanation,
+        });
+    }
+
+    /// Scores and encodes one request.
+    pub fn process(&self, payload: Payload) -> Vec<Doc> {
+        let started = Instant::now();
+        let signal = payload.signal();
+        let docs = match payload {
+            Payload::Traces(req) => self.traces(req),
+            Payload::Metrics(req) => self.metric_points(req),
+            Payload::Logs(req) => self.logs(req),
+        };
+        self.metrics
+            .scored
+            .get_or_create(&SignalLabels { signal })
+            .inc_by(docs.len() as u64);
+        self.metrics.scoring_seconds.inc_by(started.elapsed().as_secs_f64());
+        docs
+    }
+
+    fn traces(&self, req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest) -> Vec<Doc> {
+        let mut docs = Vec::new();
+        for rs in &req.resource_spans {
+            let resource = rs.resource.as_ref();
+            let service = resource
+                .and_then(|r| attr_str(&r.attributes, "service.name"))
+                .unwrap_or(UNKNOWN_SERVICE);
+            let res_json = encode_resource(resource, &rs.schema_url);
+            for ss in &rs.scope_spans {
+                let scope_json = encode_scope(ss.scope.as_ref(), &ss.schema_url);
+                let shared = Shared {
+                    resource: &res_json,
+                    scope: &scope_json,
+                };
+                for s in &ss.spans {
+                    let obs = SpanObs {
+                        service,
+                        name: &s.name,
+                        kind: s.kind,
+                        end_ns: s.end_time_unix_nano,
+                        duration_ns: s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
+                        is_error: span_is_error(s),
+                    };
+                    let verdict = self.detectors.span(&obs);
+                    self.note(Signal::traces, service, &s.name, &verdict);
+                    let mut source = Vec::with_capacity(512);
+                    encode_span(&mut source, s, &shared, &self.data_stream, &verdict, &s.name);
+                    let mut id = hex(&s.trace_id);
+                    id.push_str(&hex(&s.span_id));
+                    docs.push(Doc::new(Signal::traces, id, source));
+                }
+            }
+        }
+        docs
+    }
+
+    fn metric_points(
+        &self,
+        req: opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+    ) -> Vec<Doc> {
+        let mut docs = Vec::new();
+        let mut attrs_json = Vec::with_capacity(128);
+        for rm in &req.resource_metrics {
+            let resource = rm.resource.as_ref();
+            let service = resource
+                .and_then(|r| attr_str(&r.attributes, "service.name"))
+                .unwrap_or(UNKNOWN_SERVICE);
+            let res_json = encode_resource(resource, &rm.schema_url);
+            for sm in &rm.scope_metrics {
+                let scope_json = encode_scope(sm.scope.as_ref(), &sm.schema_url);
+                let shared = Shared {
+                    resource: &res_json,
+                    scope: &scope_json,
+                };
+                for m in &sm.metrics {
+                    let points: Vec<(PointRef<'_>, PointValue)> = match &m.data {
+                        Some(metric::Data::Gauge(g)) => g
+                            .data_points
+                            .iter()
+                            .map(|p| (PointRef::Number(p), PointValue::Gauge(number(p.value))))
+                            .collect(),
+                        Some(metric::Data::Sum(s)) => s
+                            .data_points
+                            .iter()
+                            .map(|p| {
+                                let v = number(p.value);
+                                let pv = if s.aggregation_temporality == 2 {
+                                    PointValue::CumulativeSum {
+                                        value: v,
+                                        start_ns: p.start_time_unix_nano,
+                                    }
+                                } else {
+                                    PointValue::DeltaSum(v)
+                                };
+                                (PointRef::Number(p), pv)
+                            })
+                            .collect(),
+                        Some(metric::Data::Histogram(h)) => h
+                            .data_points
+                            .iter()
+                            .map(|p| {
+                                let pv = PointValue::Histogram {
+                                    count: p.count,
+                                    sum: p.sum.unwrap_or(f64::NAN),
+                                    cumulative: h.aggregation_temporality == 2,
+                                    start_ns: p.start_time_unix_nano,
+                                };
+                                (PointRef::Histogram(p), pv)
+                            })
+                            .collect(),
+                        Some(metric::Data::ExponentialHistogram(h)) => h
+                            .data_points
+                            .iter()
+                            .map(|p| {
+                                let pv = PointValue::Histogram {
+                                    count: p.count,
+                                    sum: p.sum.unwrap_or(f64::NAN),
+                                    cumulative: h.aggregation_temporality == 2,
+                                    start_ns: p.start_time_unix_nano,
+                                };
+                                (PointRef::ExpHistogram(p), pv)
+                            })
+                            .collect(),
+                        Some(metric::Data::Summary(s)) => s
+                            .data_points
+                            .iter()
+                            .map(|p| {
+                                let pv = PointValue::Histogram {
+                                    count: p.count,
+                                    sum: p.sum,
+                                    cumulative: true,
+                                    start_ns: p.start_time_unix_nano,
+                                };
+                                (PointRef::Summary(p), pv)
+                            })
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    for (p, pv) in points {
+                        attrs_json.clear();
+                        crate::export::document::attributes(&mut attrs_json, p.attributes());
+                        let series = key_hash(&[&res_json, m.name.as_bytes(), &attrs_json]);
+                        let verdict = self.detectors.point(series, pv);
+                        if let Some(v) = &verdict {
+                            self.note(Signal::metrics, service, &m.name, v);
+                        }
+                        let mut source = Vec::with_capacity(512);
+                        encode_point(&mut source, m, p, &shared, &self.data_stream, verdict.as_ref());
+                        let (start, time) = p.times();
+                        let id = id128(&[
+                            &series.to_le_bytes(),
+                            &res_json,
+                            m.name.as_bytes(),
+                            &attrs_json,
+                            &start.to_le_bytes(),
+                            &time.to_le_bytes(),
+                        ]);
+                        docs.push(Doc::new(Signal::metrics, id, source));
+                    }
+                }
+            }
+        }
+        docs
+    }
+
+    fn logs(&self, req: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest) -> Vec<Doc> {
+        let mut docs = Vec::new();
+        let mut encoded = Vec::with_capacity(256);
+        for rl in &req.resource_logs {
+            let resource = rl.resource.as_ref();
+            let service = resource
+                .and_then(|r| attr_str(&r.attributes, "service.name"))
+                .unwrap_or(UNKNOWN_SERVICE);
+            let res_json = encode_resource(resource, &rl.schema_url);
+            for sl in &rl.scope_logs {
+                let scope_json = encode_scope(sl.scope.as_ref(), &sl.schema_url);
+                let shared = Shared {
+                    resource: &res_json,
+                    scope: &scope_json,
+                };
+                for r in &sl.log_records {
+                    // Timestamp: the event time, else when it was observed, else now.
+                    let time_ns = [r.time_unix_nano, r.observed_time_unix_nano]
+                        .into_iter()
+                        .find(|t| *t > 0)
+                        .unwrap_or_else(now_ns);
+                    let verdict = self.detectors.log(service, time_ns, r.severity_number);
+                    self.note(Signal::logs, service, service, &verdict);
+                    let mut source = Vec::with_capacity(512);
+                    encode_log(&mut source, r, time_ns, &shared, &self.data_stream, &verdict, service);
+                    encoded.clear();
+                    // Encoding a prost message into a Vec cannot fail.
+                    let _ = r.encode(&mut encoded);
+                    let id = id128(&[&res_json, &scope_json, &encoded, &time_ns.to_le_bytes()]);
+                    docs.push(Doc::new(Signal::logs, id, source));
+                }
+            }
+        }
+        docs
+    }
+}
+
+fn number(v: Option<number_data_point::Value>) -> f64 {
+    match v {
+        Some(number_data_point::Value::AsDouble(d)) => d,
+        Some(number_data_point::Value::AsInt(i)) => i as f64,
+        None => f64::NAN,
+    }
+}
+
+/// Runs a scoring worker until the input closes.
+pub fn worker_loop(
+    input: flume::Receiver<Payload>,
+    output: flume::Sender<Vec<Doc>>,
+    processor: Arc<Processor>,
+) {
+    while let Ok(payload) = input.recv() {
+        let docs = processor.process(payload);
+        if docs.is_empty() {
+            continue;
+        }
+        if output.send(docs).is_err() {
+            tracing::error!("exporter stopped before the scoring workers; documents of this batch are lost");
+            break;
+        }
+    }
+}

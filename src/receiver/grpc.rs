@@ -1,0 +1,163 @@
+//! OTLP/gRPC receiver (tonic): traces, metrics and logs services.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::{partial, RETRY_AFTER};
+use crate::pipeline::{validate, Payload, Pipeline, Refusal};
+use crate::telemetry::{Metrics, RejectLabels, RejectReason, Signal};
+
+/// The gRPC services, sharing one pipeline.
+#[derive(Debug, Clone)]
+pub struct GrpcReceiver {
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+}
+
+/// The gRPC status of a refusal. Queue-full answers carry `RetryInfo`:
+/// OTel exporters retry RESOURCE_EXHAUSTED only when it is there.
+pub fn refusal_status(r: &Refusal) -> Status {
+    match r {
+        Refusal::QueueFull { .. } => Status::with_error_details(
+            Code::ResourceExhausted,
+            r.to_string(),
+            ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+        ),
+        Refusal::ShuttingDown => Status::unavailable(r.to_string()),
+        Refusal::TooLarge { .. } => Status::invalid_argument(r.to_string()),
+    }
+}
+
+impl GrpcReceiver {
+    /// Services feeding `pipeline`.
+    pub fn new(pipeline: Arc<Pipeline>, metrics: Arc<Metrics>) -> Self {
+        Self { pipeline, metrics }
+    }
+
+    fn submit(&self, payload: Payload, checked: &validate::Checked) -> Result<(), Status> {
+        let signal = payload.signal();
+        if checked.rejected > 0 {
+            self.count_rejected(signal, RejectReason::invalid_record, checked.rejected);
+        }
+        self.pipeline.submit(payload, checked.accepted).map_err(|r| {
+            let reason = match r {
+                Refusal::QueueFull { .. } => RejectReason::queue_full,
+                Refusal::ShuttingDown => RejectReason::shutting_down,
+                Refusal::TooLarge { .. } => RejectReason::too_large,
+            };
+            self.count_rejected(signal, reason, checked.accepted);
+            refusal_status(&r)
+        })
+    }
+
+    fn count_rejected(&self, signal: Signal, reason: RejectReason, n: usize) {
+        self.metrics
+            .rejected
+            .get_or_create(&RejectLabels { signal, reason })
+            .inc_by(n as u64);
+    }
+}
+
+#[async_trait::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut req = request.into_inner();
+        let checked = validate::traces(&mut req);
+        self.submit(Payload::Traces(req), &checked)?;
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: partial(&checked).map(|(rejected_spans, error_message)| ExportTracePartialSuccess {
+                rejected_spans,
+                error_message,
+            }),
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl MetricsService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let mut req = request.into_inner();
+        let checked = validate::metrics(&mut req);
+        self.submit(Payload::Metrics(req), &checked)?;
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: partial(&checked).map(|(rejected_data_points, error_message)| {
+                ExportMetricsPartialSuccess {
+                    rejected_data_points,
+                    error_message,
+                }
+            }),
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl LogsService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let req = request.into_inner();
+        let checked = validate::logs(&req);
+        self.submit(Payload::Logs(req), &checked)?;
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: partial(&checked).map(|(rejected_log_records, error_message)| ExportLogsPartialSuccess {
+                rejected_log_records,
+                error_message,
+            }),
+        }))
+    }
+}
+
+/// Serves OTLP/gRPC on a bound listener until `shutdown` resolves; in-flight
+/// calls finish first. `max_message_bytes` caps a message after decompression.
+pub async fn serve(
+    listener: TcpListener,
+    receiver: GrpcReceiver,
+    max_message_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let traces = TraceServiceServer::new(receiver.clone())
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_message_bytes);
+    let metrics = MetricsServiceServer::new(receiver.clone())
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_message_bytes);
+    let logs = LogsServiceServer::new(receiver)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_message_bytes);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(traces)
+        .add_service(metrics)
+        .add_service(logs)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

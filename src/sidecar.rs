@@ -1,0 +1,322 @@
+//! The sidecar role: wires receivers → pipeline → detectors → exporter, and
+//! stops in stages: stop accepting → drain the queue → flush the output → exit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::export::deadletter::DeadLetter;
+use crate::export::elasticsearch::{self, EsExporter};
+use crate::export::file::FileSink;
+use crate::export::{stream_name, Doc};
+use crate::pipeline::process::{worker_loop, Processor};
+use crate::pipeline::{Admission, AnomalyFeed, ExportCtx, Payload, Pipeline};
+use crate::receiver::{grpc, http};
+use crate::telemetry::{self, AdminState, Health, Metrics, Signal, SignalLabels};
+
+/// Errors starting the sidecar.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot create output directory {path}: {source}")]
+    Output { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Elasticsearch(#[from] elasticsearch::EsError),
+    #[error("cannot start scoring worker: {0}")]
+    Worker(std::io::Error),
+}
+
+/// Batches that may wait for a scoring worker (records are capped separately by admission).
+const WORK_QUEUE_BATCHES: usize = 4096;
+/// Scored batches that may wait for the exporter.
+const EXPORT_QUEUE_BATCHES: usize = 256;
+
+/// A running sidecar.
+pub struct Running {
+    /// Bound OTLP/gRPC address, if enabled.
+    pub grpc_addr: Option<SocketAddr>,
+    /// Bound OTLP/HTTP address, if enabled.
+    pub http_addr: Option<SocketAddr>,
+    /// Bound admin (metrics/health) address.
+    pub admin_addr: SocketAddr,
+    /// Recent anomalies.
+    pub feed: Arc<AnomalyFeed>,
+    /// Self-metrics.
+    pub metrics: Arc<Metrics>,
+    /// Health.
+    pub health: Arc<Health>,
+    /// Resolves when the staged shutdown is complete.
+    pub done: JoinHandle<()>,
+}
+
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, key, source })
+}
+
+/// Starts the sidecar; it runs until `shutdown` is cancelled, then stops in stages.
+pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, StartError> {
+    let s = cfg.settings.clone();
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let health = Arc::new(Health::default());
+    let feed = Arc::new(AnomalyFeed::default());
+
+    // Bind everything first, so a busy port fails start-up with a clear error.
+    let grpc_listener = match s.receiver.grpc.enabled {
+        true => Some(bind(s.receiver.grpc.listen, "receiver.grpc.listen").await?),
+        false => None,
+    };
+    let http_listener = match s.receiver.http.enabled {
+        true => Some(bind(s.receiver.http.listen, "receiver.http.listen").await?),
+        false => None,
+    };
+    let admin_listener = bind(s.admin.listen, "admin.listen").await?;
+    let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
+        addr: s.admin.listen,
+        key: "admin.listen",
+        source,
+    })?;
+
+    let admission = Arc::new(Admission::new(s.pipeline.max_queued_records, metrics.clone()));
+    let (work_tx, work_rx) = flume::bounded::<Payload>(WORK_QUEUE_BATCHES);
+    let (export_tx, export_rx) = flume::bounded::<Vec<Doc>>(EXPORT_QUEUE_BATCHES);
+    let pipeline = Arc::new(Pipeline::new(admission.clone(), work_tx, metrics.clone()));
+    let ctx = Arc::new(ExportCtx {
+        admission: admission.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        dead_letter: DeadLetter::new(&cfg.dead_letter_path()),
+    });
+
+    // Output.
+    let hard_stop = CancellationToken::new();
+    let dataset = s.export.elasticsearch.as_ref().map(|e| e.dataset.clone()).unwrap_or_else(|| "otel".into());
+    let exporter: JoinHandle<()> = match &s.export.elasticsearch {
+        Some(es) => {
+            let exp = EsExporter::new(&cfg, es)?;
+            if !es.setup {
+                // Without a setup call, readiness waits for the first successful bulk request.
+                tracing::info!("index template setup disabled");
+            }
+            tokio::spawn(elasticsearch::run(exp, export_rx, ctx.clone(), hard_stop.clone()))
+        }
+        None => {
+            let dir = cfg.file_dir();
+            let sink = FileSink::new(&dir, s.export.file.max_file_bytes).map_err(|source| StartError::Output {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            health.set_ready();
+            metrics.ready.set(1);
+            tracing::info!(dir = %dir.display(), "no elasticsearch configured: writing NDJSON files");
+            let env = s.environment.clone();
+            let ds = dataset.clone();
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || run_file_sink(sink, export_rx, ctx, &ds, &env))
+        }
+    };
+
+    // Scoring workers.
+    let processor = Arc::new(Processor::new(&s, &dataset, metrics.clone(), feed.clone()));
+    let n_workers = if s.pipeline.workers == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    } else {
+        s.pipeline.workers
+    };
+    let mut workers = Vec::with_capacity(n_workers);
+    for i in 0..n_workers {
+        let (rx, tx, p) = (work_rx.clone(), export_tx.clone(), processor.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("score-{i}"))
+            .spawn(move || worker_loop(rx, tx, p))
+            .map_err(StartError::Worker)?;
+        workers.push(handle);
+    }
+    drop((work_rx, export_tx));
+
+    // Receivers and admin.
+    let stop_accepting = shutdown.child_token();
+    let mut servers: Vec<JoinHandle<()>> = Vec::new();
+    if let Some(l) = grpc_listener {
+        let recv = grpc::GrpcReceiver::new(pipeline.clone(), metrics.clone());
+        let token = stop_accepting.clone();
+        let max = s.receiver.max_decompressed_bytes;
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = grpc::serve(l, recv, max, token.cancelled_owned()).await {
+                tracing::error!(error = %e, "otlp/grpc receiver failed");
+            }
+        }));
+    }
+    if let Some(l) = http_listener {
+        let router = http::router(
+            pipeline.clone(),
+            metrics.clone(),
+            http::Limits {
+                max_request_bytes: s.receiver.max_request_bytes,
+                max_decompressed_bytes: s.receiver.max_decompressed_bytes,
+            },
+        );
+        let token = stop_accepting.clone();
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = http::serve(l, router, token.cancelled_owned()).await {
+                tracing::error!(error = %e, "otlp/http receiver failed");
+            }
+        }));
+    }
+    let admin_token = CancellationToken::new();
+    let admin = {
+        let router = telemetry::admin_router(AdminState {
+            registry: Arc::new(registry),
+            health: health.clone(),
+        });
+        let token = admin_token.clone();
+        tokio::spawn(async move {
+            let r = axum::serve(admin_listener, router)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        })
+    };
+
+    // Detector gauges.
+    let stats_token = shutdown.clone();
+    let (stats_proc, stats_metrics) = (processor.clone(), metrics.clone());
+    tokio::spawn(async move {
+        let mut last_overflow = (0u64, 0u64);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stats_token.cancelled() => break,
+            }
+            let (span_keys, span_over, series, series_over) = stats_proc.detectors().stats();
+            let m = &stats_metrics;
+            m.detector_keys.get_or_create(&SignalLabels { signal: Signal::traces }).set(span_keys as i64);
+            m.detector_keys.get_or_create(&SignalLabels { signal: Signal::metrics }).set(series as i64);
+            m.detector_overflow
+                .get_or_create(&SignalLabels { signal: Signal::traces })
+                .inc_by(span_over.saturating_sub(last_overflow.0));
+            m.detector_overflow
+                .get_or_create(&SignalLabels { signal: Signal::metrics })
+                .inc_by(series_over.saturating_sub(last_overflow.1));
+            last_overflow = (span_over, series_over);
+        }
+    });
+
+    tracing::info!(
+        environment = %s.environment,
+        grpc = ?grpc_addr,
+        http = ?http_addr,
+        admin = %admin_addr,
+        workers = n_workers,
+        config = %cfg.source,
+        "sidecar started"
+    );
+
+    let deadline = s.shutdown_timeout;
+    let done = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        let started = Instant::now();
+        tracing::info!("shutting down: no new requests");
+        // 1. Stop accepting; in-flight requests finish.
+        for srv in servers {
+            let _ = tokio::time::timeout(deadline, srv).await;
+        }
+        // 2. Drain: workers score what is queued, then exit.
+        pipeline.close();
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
+        // 3. Flush the output within what is left of the deadline.
+        let left = deadline.saturating_sub(started.elapsed());
+        let mut exporter = exporter;
+        if tokio::time::timeout(left, &mut exporter).await.is_err() {
+            hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), exporter).await;
+        }
+        let unsent = admission.queued();
+        if unsent > 0 {
+            tracing::error!(records = unsent, "records not delivered before the shutdown deadline (shutdown_timeout)");
+        }
+        admin_token.cancel();
+        let _ = admin.await;
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "shutdown complete");
+    });
+
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        admin_addr,
+        feed,
+        metrics,
+        health,
+        done,
+    })
+}
+
+fn run_file_sink(mut sink: FileSink, input: flume::Receiver<Vec<Doc>>, ctx: Arc<ExportCtx>, dataset: &str, env: &str) {
+    let names = [Signal::traces, Signal::metrics, Signal::logs].map(|s| stream_name(s, dataset, env));
+    let stream_of = |d: &Doc| match d.signal {
+        Signal::traces => names[0].clone(),
+        Signal::metrics => names[1].clone(),
+        Signal::logs => names[2].clone(),
+    };
+    loop {
+        match input.recv_timeout(Duration::from_millis(500)) {
+            Ok(docs) => {
+                let n = docs.len();
+                let mut written = sink.write(&docs, stream_of);
+                if written.is_ok() {
+                    written = sink.flush();
+                }
+                match written {
+                    Ok(()) => {
+                        ctx.metrics
+                            .exported
+                            .get_or_create(&crate::telemetry::ExportLabels {
+                                outcome: crate::telemetry::ExportOutcome::created,
+                            })
+                            .inc_by(n as u64);
+                        ctx.admission.release(n);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, docs = n, "writing NDJSON output failed; dead-lettering the batch");
+                        let entries: Vec<(Doc, String)> =
+                            docs.into_iter().map(|d| (d, format!("file output failed: {e}"))).collect();
+                        if let Err(e2) = ctx.dead_letter.write(&entries) {
+                            tracing::error!(error = %e2, docs = n, "dead-letter write failed too; these documents are lost");
+                        } else {
+                            ctx.metrics.dead_lettered.inc_by(n as u64);
+                        }
+                        ctx.admission.release(n);
+                    }
+                }
+            }
+            Err(flume::RecvTimeoutError::Timeout) => {
+                let _ = sink.flush();
+            }
+            Err(flume::RecvTimeoutError::Disconnected) => {
+                let _ = sink.flush();
+                break;
+            }
+        }
+    }
+}
