@@ -32,9 +32,15 @@ pub enum ConfigError {
         source: serde_yaml::Error,
     },
     #[error("invalid environment variable {var}: {source}")]
-    Env { var: String, source: serde_yaml::Error },
+    Env {
+        var: String,
+        source: serde_yaml::Error,
+    },
     #[error("invalid command-line flag --{flag}: {source}")]
-    Flag { flag: String, source: serde_yaml::Error },
+    Flag {
+        flag: String,
+        source: serde_yaml::Error,
+    },
     #[error("invalid configuration: {key}: {reason}")]
     Invalid { key: String, reason: String },
     #[error("cannot read secret file {path} (for {key}): {source}")]
@@ -237,7 +243,9 @@ pub struct LogDetectSettings {
 
 impl Default for LogDetectSettings {
     fn default() -> Self {
-        Self { max_services: 1_000 }
+        Self {
+            max_services: 1_000,
+        }
     }
 }
 
@@ -535,7 +543,10 @@ pub fn resolve(
             })?;
             (tree, path.display().to_string())
         }
-        None => (Value::Mapping(Default::default()), "built-in defaults".to_string()),
+        None => (
+            Value::Mapping(Default::default()),
+            "built-in defaults".to_string(),
+        ),
     };
     for (var, raw) in env {
         let Some(path) = env_path(var) else { continue };
@@ -572,7 +583,10 @@ fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
     })?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
-        return Err(invalid(key, format!("secret file {} is empty", path.display())));
+        return Err(invalid(
+            key,
+            format!("secret file {} is empty", path.display()),
+        ));
     }
     Ok(Secret(trimmed.to_string()))
 }
@@ -595,7 +609,10 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
         ));
     }
     if s.receiver.max_request_bytes == 0 {
-        return Err(invalid("receiver.max_request_bytes", "must be greater than 0"));
+        return Err(invalid(
+            "receiver.max_request_bytes",
+            "must be greater than 0",
+        ));
     }
     if s.receiver.max_decompressed_bytes < s.receiver.max_request_bytes {
         return Err(invalid(
@@ -607,14 +624,23 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
         return Err(invalid("receiver", "enable at least one of grpc and http"));
     }
     if s.pipeline.max_queued_records == 0 {
-        return Err(invalid("pipeline.max_queued_records", "must be greater than 0"));
+        return Err(invalid(
+            "pipeline.max_queued_records",
+            "must be greater than 0",
+        ));
     }
     let d = &s.detect;
     if d.spans.half_life.is_zero() || d.spans.interval.is_zero() {
-        return Err(invalid("detect.spans", "half_life and interval must be greater than 0"));
+        return Err(invalid(
+            "detect.spans",
+            "half_life and interval must be greater than 0",
+        ));
     }
     if d.spans.max_keys == 0 || d.metrics.max_series == 0 || d.logs.max_services == 0 {
-        return Err(invalid("detect", "max_keys, max_series and max_services must be greater than 0"));
+        return Err(invalid(
+            "detect",
+            "max_keys, max_series and max_services must be greater than 0",
+        ));
     }
     if d.metrics.window == 0 {
         return Err(invalid("detect.metrics.window", "must be greater than 0"));
@@ -622,15 +648,25 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
     let mut es_credentials = None;
     if let Some(es) = &s.export.elasticsearch {
         if es.urls.is_empty() && es.cloud_id.is_none() {
-            return Err(invalid("export.elasticsearch.urls", "give at least one URL or a cloud_id"));
+            return Err(invalid(
+                "export.elasticsearch.urls",
+                "give at least one URL or a cloud_id",
+            ));
         }
         for u in &es.urls {
-            let parsed = url::Url::parse(u).map_err(|e| invalid("export.elasticsearch.urls", format!("{u:?}: {e}")))?;
+            let parsed = url::Url::parse(u)
+                .map_err(|e| invalid("export.elasticsearch.urls", format!("{u:?}: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(invalid("export.elasticsearch.urls", format!("{u:?}: scheme must be http or https")));
+                return Err(invalid(
+                    "export.elasticsearch.urls",
+                    format!("{u:?}: scheme must be http or https"),
+                ));
             }
         }
-        if es.dataset.is_empty() || es.dataset.contains('-') || es.dataset.to_lowercase() != es.dataset {
+        if es.dataset.is_empty()
+            || es.dataset.contains('-')
+            || es.dataset.to_lowercase() != es.dataset
+        {
             return Err(invalid(
                 "export.elasticsearch.dataset",
                 "must be non-empty, lowercase, without '-'",
@@ -645,7 +681,10 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
         }
         if let Some(ca) = &es.ca_file {
             if !ca.is_file() {
-                return Err(invalid("export.elasticsearch.ca_file", format!("{} is not a file", ca.display())));
+                return Err(invalid(
+                    "export.elasticsearch.ca_file",
+                    format!("{} is not a file", ca.display()),
+                ));
             }
         }
         es_credentials = match (&es.api_key_file, &es.username, &es.password_file) {
@@ -655,22 +694,34 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
                     "give either api_key_file or username/password_file, not both",
                 ))
             }
-            (Some(path), None, _) => Some(EsCredentials::ApiKey(read_secret("export.elasticsearch.api_key_file", path)?)),
+            (Some(path), None, _) => Some(EsCredentials::ApiKey(read_secret(
+                "export.elasticsearch.api_key_file",
+                path,
+            )?)),
             (None, Some(user), Some(path)) => Some(EsCredentials::Basic {
                 username: user.clone(),
                 password: read_secret("export.elasticsearch.password_file", path)?,
             }),
             (None, Some(_), None) => {
-                return Err(invalid("export.elasticsearch.password_file", "required with username"))
+                return Err(invalid(
+                    "export.elasticsearch.password_file",
+                    "required with username",
+                ))
             }
             (None, None, Some(_)) => {
-                return Err(invalid("export.elasticsearch.username", "required with password_file"))
+                return Err(invalid(
+                    "export.elasticsearch.username",
+                    "required with password_file",
+                ))
             }
             (None, None, None) => None,
         };
     }
     if s.export.file.max_file_bytes == 0 {
-        return Err(invalid("export.file.max_file_bytes", "must be greater than 0"));
+        return Err(invalid(
+            "export.file.max_file_bytes",
+            "must be greater than 0",
+        ));
     }
     Ok(Config {
         settings,
@@ -691,7 +742,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -706,7 +760,11 @@ mod tests {
     #[test]
     fn precedence_is_file_then_env_then_flags() {
         let f = write("environment: staging\npipeline:\n  workers: 3\n  max_queued_records: 10\n");
-        let e = env(&[("OTEL_ANOMALY_PIPELINE__WORKERS", "5"), ("OTEL_ANOMALY_ENVIRONMENT", "prod"), ("OTHER", "x")]);
+        let e = env(&[
+            ("OTEL_ANOMALY_PIPELINE__WORKERS", "5"),
+            ("OTEL_ANOMALY_ENVIRONMENT", "prod"),
+            ("OTHER", "x"),
+        ]);
         let mut flags = FlagOverrides::default();
         flags.set("environment", Some("dev"));
         let c = resolve(Some(f.path()), &e, &flags).unwrap();
@@ -730,7 +788,10 @@ mod tests {
         let e = env(&[("OTEL_ANOMALY_PIPELINE__WORKRS", "5")]);
         let err = resolve(None, &e, &FlagOverrides::default()).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("OTEL_ANOMALY_PIPELINE__WORKRS") && msg.contains("workrs"), "{msg}");
+        assert!(
+            msg.contains("OTEL_ANOMALY_PIPELINE__WORKRS") && msg.contains("workrs"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -744,28 +805,49 @@ mod tests {
         let es = c.settings.export.elasticsearch.as_ref().unwrap();
         assert_eq!(es.bulk.flush_interval, Duration::from_millis(250));
         assert_eq!(es.mode, IndexMode::DataStream);
-        assert_eq!(c.es_credentials, Some(EsCredentials::ApiKey(Secret("c2VjcmV0OmtleQ==".into()))));
-        assert!(!format!("{c:?}").contains("c2VjcmV0OmtleQ"), "secret leaked into Debug");
+        assert_eq!(
+            c.es_credentials,
+            Some(EsCredentials::ApiKey(Secret("c2VjcmV0OmtleQ==".into())))
+        );
+        assert!(
+            !format!("{c:?}").contains("c2VjcmV0OmtleQ"),
+            "secret leaked into Debug"
+        );
     }
 
     #[test]
     fn invalid_values_are_explained() {
         let cases = [
             ("environment: Prod-1\n", "environment"),
-            ("export:\n  elasticsearch:\n    urls: [\"ftp://x\"]\n", "export.elasticsearch.urls"),
-            ("receiver:\n  max_request_bytes: 0\n", "receiver.max_request_bytes"),
-            ("export:\n  elasticsearch:\n    username: u\n", "export.elasticsearch.password_file"),
+            (
+                "export:\n  elasticsearch:\n    urls: [\"ftp://x\"]\n",
+                "export.elasticsearch.urls",
+            ),
+            (
+                "receiver:\n  max_request_bytes: 0\n",
+                "receiver.max_request_bytes",
+            ),
+            (
+                "export:\n  elasticsearch:\n    username: u\n",
+                "export.elasticsearch.password_file",
+            ),
         ];
         for (text, key) in cases {
             let f = write(text);
-            let err = resolve(Some(f.path()), &BTreeMap::new(), &FlagOverrides::default()).unwrap_err();
+            let err =
+                resolve(Some(f.path()), &BTreeMap::new(), &FlagOverrides::default()).unwrap_err();
             assert!(err.to_string().contains(key), "{text:?} gave {err}");
         }
     }
 
     #[test]
     fn missing_file_and_bad_yaml_are_clear() {
-        let err = resolve(Some(Path::new("/nonexistent/x.yaml")), &BTreeMap::new(), &FlagOverrides::default()).unwrap_err();
+        let err = resolve(
+            Some(Path::new("/nonexistent/x.yaml")),
+            &BTreeMap::new(),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/x.yaml"));
         let f = write("receiver: [unclosed\n");
         let err = resolve(Some(f.path()), &BTreeMap::new(), &FlagOverrides::default()).unwrap_err();

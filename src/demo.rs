@@ -30,12 +30,60 @@ struct Endpoint {
 }
 
 const ENDPOINTS: &[Endpoint] = &[
-    Endpoint { service: "frontend", name: "GET /", kind: 2, median_ms: 35.0, sigma: 0.35, error_rate: 0.002, rate: 60.0 },
-    Endpoint { service: "frontend", name: "GET /cart", kind: 2, median_ms: 55.0, sigma: 0.3, error_rate: 0.002, rate: 40.0 },
-    Endpoint { service: "cart", name: "GetCart", kind: 2, median_ms: 8.0, sigma: 0.4, error_rate: 0.001, rate: 40.0 },
-    Endpoint { service: "cart", name: "redis GET", kind: 3, median_ms: 0.8, sigma: 0.5, error_rate: 0.0005, rate: 80.0 },
-    Endpoint { service: "checkout", name: "POST /checkout", kind: 2, median_ms: 120.0, sigma: 0.3, error_rate: 0.005, rate: 10.0 },
-    Endpoint { service: "payment", name: "Charge", kind: 2, median_ms: 90.0, sigma: 0.25, error_rate: 0.003, rate: 10.0 },
+    Endpoint {
+        service: "frontend",
+        name: "GET /",
+        kind: 2,
+        median_ms: 35.0,
+        sigma: 0.35,
+        error_rate: 0.002,
+        rate: 60.0,
+    },
+    Endpoint {
+        service: "frontend",
+        name: "GET /cart",
+        kind: 2,
+        median_ms: 55.0,
+        sigma: 0.3,
+        error_rate: 0.002,
+        rate: 40.0,
+    },
+    Endpoint {
+        service: "cart",
+        name: "GetCart",
+        kind: 2,
+        median_ms: 8.0,
+        sigma: 0.4,
+        error_rate: 0.001,
+        rate: 40.0,
+    },
+    Endpoint {
+        service: "cart",
+        name: "redis GET",
+        kind: 3,
+        median_ms: 0.8,
+        sigma: 0.5,
+        error_rate: 0.0005,
+        rate: 80.0,
+    },
+    Endpoint {
+        service: "checkout",
+        name: "POST /checkout",
+        kind: 2,
+        median_ms: 120.0,
+        sigma: 0.3,
+        error_rate: 0.005,
+        rate: 10.0,
+    },
+    Endpoint {
+        service: "payment",
+        name: "Charge",
+        kind: 2,
+        median_ms: 90.0,
+        sigma: 0.25,
+        error_rate: 0.003,
+        rate: 10.0,
+    },
 ];
 
 /// The endpoint that gets slow.
@@ -63,11 +111,19 @@ fn kv(k: &str, v: &str) -> KeyValue {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Builds one second's worth of spans (or `tick` worth); `fault` slows the fault endpoint.
-fn build_batch(rng: &mut StdRng, tick: Duration, fault: bool, environment: &str) -> ExportTraceServiceRequest {
+fn build_batch(
+    rng: &mut StdRng,
+    tick: Duration,
+    fault: bool,
+    environment: &str,
+) -> ExportTraceServiceRequest {
     let end_base = now_ns();
     let mut by_service: BTreeMap<&str, Vec<Span>> = BTreeMap::new();
     for ep in ENDPOINTS {
@@ -96,8 +152,16 @@ fn build_batch(rng: &mut StdRng, tick: Duration, fault: bool, environment: &str)
                 end_time_unix_nano: end,
                 attributes: vec![kv("demo.endpoint", ep.name)],
                 status: Some(Status {
-                    code: if is_error { status::StatusCode::Error as i32 } else { status::StatusCode::Ok as i32 },
-                    message: if is_error { "synthetic failure".into() } else { String::new() },
+                    code: if is_error {
+                        status::StatusCode::Error as i32
+                    } else {
+                        status::StatusCode::Ok as i32
+                    },
+                    message: if is_error {
+                        "synthetic failure".into()
+                    } else {
+                        String::new()
+                    },
                 }),
                 ..Default::default()
             });
@@ -108,7 +172,10 @@ fn build_batch(rng: &mut StdRng, tick: Duration, fault: bool, environment: &str)
             .into_iter()
             .map(|(service, spans)| ResourceSpans {
                 resource: Some(Resource {
-                    attributes: vec![kv("service.name", service), kv("deployment.environment.name", environment)],
+                    attributes: vec![
+                        kv("service.name", service),
+                        kv("deployment.environment.name", environment),
+                    ],
                     ..Default::default()
                 }),
                 scope_spans: vec![ScopeSpans {
@@ -162,14 +229,20 @@ pub async fn run_traffic(
 pub fn print_top(feed: &AnomalyFeed, window: Duration, elapsed: Duration) {
     let since = SystemTime::now() - window;
     let notes = feed.since(since);
-    println!("--- t = {:>4}s: top anomalies of the last {}s ---", elapsed.as_secs(), window.as_secs());
+    println!(
+        "--- t = {:>4}s: top anomalies of the last {}s ---",
+        elapsed.as_secs(),
+        window.as_secs()
+    );
     if notes.is_empty() {
         println!("    (none)");
         return;
     }
     let mut groups: BTreeMap<(String, String), (usize, f32, String)> = BTreeMap::new();
     for n in notes {
-        let e = groups.entry((n.service.clone(), n.subject.clone())).or_insert((0, 0.0, String::new()));
+        let e = groups
+            .entry((n.service.clone(), n.subject.clone()))
+            .or_insert((0, 0.0, String::new()));
         e.0 += 1;
         if n.score >= e.1 {
             e.1 = n.score;

@@ -3,12 +3,12 @@
 //! Data flows one way: receiver → pipeline → detect → enrich → export.
 //! Detectors never import receivers or exporters.
 
-pub mod detect;
 pub mod config;
-pub mod telemetry;
+pub mod demo;
+pub mod detect;
 pub mod enrich;
 pub mod export;
 pub mod pipeline;
 pub mod receiver;
 pub mod sidecar;
-pub mod demo;
+pub mod telemetry;

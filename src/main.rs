@@ -77,18 +77,26 @@ impl CommonFlags {
     fn overrides(&self) -> FlagOverrides {
         let mut f = FlagOverrides::default();
         f.set("environment", self.environment.as_ref());
-        f.set("data_dir", self.data_dir.as_ref().map(|p| p.display().to_string()));
+        f.set(
+            "data_dir",
+            self.data_dir.as_ref().map(|p| p.display().to_string()),
+        );
         f.set("receiver.grpc.listen", self.grpc_listen);
         f.set("receiver.http.listen", self.http_listen);
         f.set("admin.listen", self.admin_listen);
-        f.set("export.elasticsearch.urls", self.es_url.as_ref().map(|u| format!("[{u:?}]")));
+        f.set(
+            "export.elasticsearch.urls",
+            self.es_url.as_ref().map(|u| format!("[{u:?}]")),
+        );
         f
     }
 }
 
 /// The one place the process environment is read.
 fn env_vars() -> BTreeMap<String, String> {
-    std::env::vars().filter(|(k, _)| k.starts_with(config::ENV_PREFIX)).collect()
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with(config::ENV_PREFIX))
+        .collect()
 }
 
 fn rust_log() -> Option<String> {
@@ -99,13 +107,14 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -135,7 +144,8 @@ async fn run_demo(
 ) -> anyhow::Result<()> {
     // The demo binds loopback on free ports unless told otherwise.
     let s = &mut cfg.settings;
-    let loopback = |a: Option<SocketAddr>| a.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let loopback =
+        |a: Option<SocketAddr>| a.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     s.receiver.grpc.listen = loopback(flags.grpc_listen);
     s.receiver.http.listen = loopback(flags.http_listen);
     s.admin.listen = loopback(flags.admin_listen);
@@ -149,7 +159,9 @@ async fn run_demo(
     let out_dir = cfg.file_dir();
     let token = CancellationToken::new();
     let running = otel_anomaly::sidecar::start(cfg, token.clone()).await?;
-    let grpc = running.grpc_addr.context("the demo needs the gRPC receiver")?;
+    let grpc = running
+        .grpc_addr
+        .context("the demo needs the gRPC receiver")?;
     println!("otel-anomaly demo (environment {environment:?})");
     println!("  OTLP/gRPC  {grpc}");
     if let Some(h) = running.http_addr {
@@ -205,17 +217,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = env_vars();
     let result = match &cli.command {
-        Command::CheckConfig { file } => match config::resolve(Some(file), &env, &FlagOverrides::default()) {
-            Ok(cfg) => {
-                println!("{}: ok", cfg.source);
-                println!("{:#?}", cfg.settings);
-                return ExitCode::SUCCESS;
+        Command::CheckConfig { file } => {
+            match config::resolve(Some(file), &env, &FlagOverrides::default()) {
+                Ok(cfg) => {
+                    println!("{}: ok", cfg.source);
+                    println!("{:#?}", cfg.settings);
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        }
         Command::Sidecar { config, flags } => {
             let cfg = match config::resolve(config.as_deref(), &env, &flags.overrides()) {
                 Ok(c) => c,
@@ -246,7 +260,9 @@ fn main() -> ExitCode {
                 log.level = "warn".into();
             }
             otel_anomaly::telemetry::init_logs(&log, rust_log().as_deref());
-            runtime().and_then(|rt| rt.block_on(run_demo(cfg, *duration, *fault_after, *report_every, flags)))
+            runtime().and_then(|rt| {
+                rt.block_on(run_demo(cfg, *duration, *fault_after, *report_every, flags))
+            })
         }
     };
     match result {

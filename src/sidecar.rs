@@ -30,7 +30,10 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("cannot create output directory {path}: {source}")]
-    Output { path: String, source: std::io::Error },
+    Output {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Elasticsearch(#[from] elasticsearch::EsError),
     #[error("cannot start scoring worker: {0}")]
@@ -61,7 +64,9 @@ pub struct Running {
 }
 
 async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, key, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, key, source })
 }
 
 /// Starts the sidecar; it runs until `shutdown` is cancelled, then stops in stages.
@@ -85,13 +90,18 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let admin_listener = bind(s.admin.listen, "admin.listen").await?;
     let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
-        addr: s.admin.listen,
-        key: "admin.listen",
-        source,
-    })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: s.admin.listen,
+            key: "admin.listen",
+            source,
+        })?;
 
-    let admission = Arc::new(Admission::new(s.pipeline.max_queued_records, metrics.clone()));
+    let admission = Arc::new(Admission::new(
+        s.pipeline.max_queued_records,
+        metrics.clone(),
+    ));
     let (work_tx, work_rx) = flume::bounded::<Payload>(WORK_QUEUE_BATCHES);
     let (export_tx, export_rx) = flume::bounded::<Vec<Doc>>(EXPORT_QUEUE_BATCHES);
     let pipeline = Arc::new(Pipeline::new(admission.clone(), work_tx, metrics.clone()));
@@ -104,7 +114,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
 
     // Output.
     let hard_stop = CancellationToken::new();
-    let dataset = s.export.elasticsearch.as_ref().map(|e| e.dataset.clone()).unwrap_or_else(|| "otel".into());
+    let dataset = s
+        .export
+        .elasticsearch
+        .as_ref()
+        .map(|e| e.dataset.clone())
+        .unwrap_or_else(|| "otel".into());
     let exporter: JoinHandle<()> = match &s.export.elasticsearch {
         Some(es) => {
             let exp = EsExporter::new(&cfg, es)?;
@@ -112,13 +127,20 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
                 // Without a setup call, readiness waits for the first successful bulk request.
                 tracing::info!("index template setup disabled");
             }
-            tokio::spawn(elasticsearch::run(exp, export_rx, ctx.clone(), hard_stop.clone()))
+            tokio::spawn(elasticsearch::run(
+                exp,
+                export_rx,
+                ctx.clone(),
+                hard_stop.clone(),
+            ))
         }
         None => {
             let dir = cfg.file_dir();
-            let sink = FileSink::new(&dir, s.export.file.max_file_bytes).map_err(|source| StartError::Output {
-                path: dir.display().to_string(),
-                source,
+            let sink = FileSink::new(&dir, s.export.file.max_file_bytes).map_err(|source| {
+                StartError::Output {
+                    path: dir.display().to_string(),
+                    source,
+                }
             })?;
             health.set_ready();
             metrics.ready.set(1);
@@ -133,7 +155,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     // Scoring workers.
     let processor = Arc::new(Processor::new(&s, &dataset, metrics.clone(), feed.clone()));
     let n_workers = if s.pipeline.workers == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
     } else {
         s.pipeline.workers
     };
@@ -206,13 +230,25 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             }
             let (span_keys, span_over, series, series_over) = stats_proc.detectors().stats();
             let m = &stats_metrics;
-            m.detector_keys.get_or_create(&SignalLabels { signal: Signal::traces }).set(span_keys as i64);
-            m.detector_keys.get_or_create(&SignalLabels { signal: Signal::metrics }).set(series as i64);
+            m.detector_keys
+                .get_or_create(&SignalLabels {
+                    signal: Signal::traces,
+                })
+                .set(span_keys as i64);
+            m.detector_keys
+                .get_or_create(&SignalLabels {
+                    signal: Signal::metrics,
+                })
+                .set(series as i64);
             m.detector_overflow
-                .get_or_create(&SignalLabels { signal: Signal::traces })
+                .get_or_create(&SignalLabels {
+                    signal: Signal::traces,
+                })
                 .inc_by(span_over.saturating_sub(last_overflow.0));
             m.detector_overflow
-                .get_or_create(&SignalLabels { signal: Signal::metrics })
+                .get_or_create(&SignalLabels {
+                    signal: Signal::metrics,
+                })
                 .inc_by(series_over.saturating_sub(last_overflow.1));
             last_overflow = (span_over, series_over);
         }
@@ -254,11 +290,17 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         }
         let unsent = admission.queued();
         if unsent > 0 {
-            tracing::error!(records = unsent, "records not delivered before the shutdown deadline (shutdown_timeout)");
+            tracing::error!(
+                records = unsent,
+                "records not delivered before the shutdown deadline (shutdown_timeout)"
+            );
         }
         admin_token.cancel();
         let _ = admin.await;
-        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "shutdown complete");
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shutdown complete"
+        );
     });
 
     Ok(Running {
@@ -272,8 +314,15 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     })
 }
 
-fn run_file_sink(mut sink: FileSink, input: flume::Receiver<Vec<Doc>>, ctx: Arc<ExportCtx>, dataset: &str, env: &str) {
-    let names = [Signal::traces, Signal::metrics, Signal::logs].map(|s| stream_name(s, dataset, env));
+fn run_file_sink(
+    mut sink: FileSink,
+    input: flume::Receiver<Vec<Doc>>,
+    ctx: Arc<ExportCtx>,
+    dataset: &str,
+    env: &str,
+) {
+    let names =
+        [Signal::traces, Signal::metrics, Signal::logs].map(|s| stream_name(s, dataset, env));
     let stream_of = |d: &Doc| match d.signal {
         Signal::traces => names[0].clone(),
         Signal::metrics => names[1].clone(),
@@ -299,8 +348,10 @@ fn run_file_sink(mut sink: FileSink, input: flume::Receiver<Vec<Doc>>, ctx: Arc<
                     }
                     Err(e) => {
                         tracing::error!(error = %e, docs = n, "writing NDJSON output failed; dead-lettering the batch");
-                        let entries: Vec<(Doc, String)> =
-                            docs.into_iter().map(|d| (d, format!("file output failed: {e}"))).collect();
+                        let entries: Vec<(Doc, String)> = docs
+                            .into_iter()
+                            .map(|d| (d, format!("file output failed: {e}")))
+                            .collect();
                         if let Err(e2) = ctx.dead_letter.write(&entries) {
                             tracing::error!(error = %e2, docs = n, "dead-letter write failed too; these documents are lost");
                         } else {

@@ -133,22 +133,66 @@ impl Metrics {
     /// Registers every metric in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         use names::*;
-        registry.register(RECEIVED_RECORDS, "Records accepted by the receivers", self.received.clone());
-        registry.register(REJECTED_RECORDS, "Records refused, by reason", self.rejected.clone());
-        registry.register(SCORED_RECORDS, "Records scored by a detector", self.scored.clone());
-        registry.register(ANOMALOUS_RECORDS, "Records scored 50 or more", self.anomalous.clone());
-        registry.register(SCORING_SECONDS, "CPU time spent scoring and encoding", self.scoring_seconds.clone());
-        registry.register(EXPORTED_DOCUMENTS, "Documents delivered to the output", self.exported.clone());
-        registry.register(EXPORT_RETRIES, "Documents sent again after a retryable failure", self.export_retries.clone());
+        registry.register(
+            RECEIVED_RECORDS,
+            "Records accepted by the receivers",
+            self.received.clone(),
+        );
+        registry.register(
+            REJECTED_RECORDS,
+            "Records refused, by reason",
+            self.rejected.clone(),
+        );
+        registry.register(
+            SCORED_RECORDS,
+            "Records scored by a detector",
+            self.scored.clone(),
+        );
+        registry.register(
+            ANOMALOUS_RECORDS,
+            "Records scored 50 or more",
+            self.anomalous.clone(),
+        );
+        registry.register(
+            SCORING_SECONDS,
+            "CPU time spent scoring and encoding",
+            self.scoring_seconds.clone(),
+        );
+        registry.register(
+            EXPORTED_DOCUMENTS,
+            "Documents delivered to the output",
+            self.exported.clone(),
+        );
+        registry.register(
+            EXPORT_RETRIES,
+            "Documents sent again after a retryable failure",
+            self.export_retries.clone(),
+        );
         registry.register(
             DEAD_LETTERED_DOCUMENTS,
             "Documents rejected for good, written to the dead-letter file",
             self.dead_lettered.clone(),
         );
-        registry.register(BULK_REQUESTS, "Bulk requests, by outcome", self.bulk_requests.clone());
-        registry.register(QUEUED_RECORDS, "Records accepted but not yet exported", self.queued.clone());
-        registry.register(QUEUE_CAPACITY_RECORDS, "Records that may be queued before intake is refused", self.queue_capacity.clone());
-        registry.register(DETECTOR_KEYS, "Keys/series tracked by the detectors", self.detector_keys.clone());
+        registry.register(
+            BULK_REQUESTS,
+            "Bulk requests, by outcome",
+            self.bulk_requests.clone(),
+        );
+        registry.register(
+            QUEUED_RECORDS,
+            "Records accepted but not yet exported",
+            self.queued.clone(),
+        );
+        registry.register(
+            QUEUE_CAPACITY_RECORDS,
+            "Records that may be queued before intake is refused",
+            self.queue_capacity.clone(),
+        );
+        registry.register(
+            DETECTOR_KEYS,
+            "Keys/series tracked by the detectors",
+            self.detector_keys.clone(),
+        );
         registry.register(
             DETECTOR_OVERFLOW_RECORDS,
             "Records scored on the shared overflow key because the key cap was reached",
@@ -195,10 +239,17 @@ pub fn admin_router(state: AdminState) -> Router {
 async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")).into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics failed: {e}\n"),
+        )
+            .into_response();
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         body,
     )
         .into_response()
@@ -208,15 +259,21 @@ async fn ready_handler(State(state): State<AdminState>) -> impl IntoResponse {
     if state.health.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the output has not been reached yet\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the output has not been reached yet\n",
+        )
     }
 }
 
 /// Sets up process logs from the config (`RUST_LOG` wins when set).
 pub fn init_logs(settings: &crate::config::LogSettings, rust_log: Option<&str>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(rust_log.unwrap_or(&settings.level)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_new(rust_log.unwrap_or(&settings.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match settings.format {
         crate::config::LogFormat::Json => builder.json().try_init(),
         crate::config::LogFormat::Text => builder.try_init(),

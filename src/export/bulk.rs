@@ -77,17 +77,31 @@ pub fn classify_item(status: u16, error: Option<&serde_json::Value>) -> ItemActi
 
 /// Sorts a whole reply: per-document actions in request order, or a
 /// failure of the request as a whole.
-pub fn classify_response(http_status: u16, body: &[u8], sent: usize) -> Result<Vec<ItemAction>, RequestFailure> {
+pub fn classify_response(
+    http_status: u16,
+    body: &[u8],
+    sent: usize,
+) -> Result<Vec<ItemAction>, RequestFailure> {
     let snippet = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
     match http_status {
         200..=299 => {}
-        400 => return Err(RequestFailure::Reject(format!("bulk request rejected (400): {}", snippet()))),
+        400 => {
+            return Err(RequestFailure::Reject(format!(
+                "bulk request rejected (400): {}",
+                snippet()
+            )))
+        }
         413 => {
             return Err(RequestFailure::Retry(
                 "bulk request too large (413): lower export.elasticsearch.bulk.max_bytes".into(),
             ))
         }
-        s => return Err(RequestFailure::Retry(format!("bulk request failed ({s}): {}", snippet()))),
+        s => {
+            return Err(RequestFailure::Retry(format!(
+                "bulk request failed ({s}): {}",
+                snippet()
+            )))
+        }
     }
     let reply: BulkReply = serde_json::from_slice(body)
         .map_err(|e| RequestFailure::Retry(format!("unreadable bulk reply: {e}")))?;
@@ -126,24 +140,48 @@ mod tests {
         assert_eq!(actions[1], ItemAction::Duplicate);
         assert!(matches!(&actions[2], ItemAction::Retry(r) if r.contains("429")));
         assert!(matches!(&actions[3], ItemAction::Retry(r) if r.contains("503")));
-        assert!(matches!(&actions[4], ItemAction::Reject(r) if r.contains("mapper_parsing_exception")));
+        assert!(
+            matches!(&actions[4], ItemAction::Reject(r) if r.contains("mapper_parsing_exception"))
+        );
     }
 
     #[test]
     fn whole_request_failures() {
-        assert!(matches!(classify_response(429, b"busy", 1), Err(RequestFailure::Retry(_))));
-        assert!(matches!(classify_response(502, b"", 1), Err(RequestFailure::Retry(_))));
-        assert!(matches!(classify_response(401, b"", 1), Err(RequestFailure::Retry(_))));
-        assert!(matches!(classify_response(400, b"bad", 1), Err(RequestFailure::Reject(_))));
-        assert!(matches!(classify_response(200, b"not json", 1), Err(RequestFailure::Retry(_))));
+        assert!(matches!(
+            classify_response(429, b"busy", 1),
+            Err(RequestFailure::Retry(_))
+        ));
+        assert!(matches!(
+            classify_response(502, b"", 1),
+            Err(RequestFailure::Retry(_))
+        ));
+        assert!(matches!(
+            classify_response(401, b"", 1),
+            Err(RequestFailure::Retry(_))
+        ));
+        assert!(matches!(
+            classify_response(400, b"bad", 1),
+            Err(RequestFailure::Reject(_))
+        ));
+        assert!(matches!(
+            classify_response(200, b"not json", 1),
+            Err(RequestFailure::Retry(_))
+        ));
         // A reply that does not account for every document is not trusted.
         let body = br#"{"errors":false,"items":[{"create":{"status":201}}]}"#;
-        assert!(matches!(classify_response(200, body, 2), Err(RequestFailure::Retry(_))));
+        assert!(matches!(
+            classify_response(200, body, 2),
+            Err(RequestFailure::Retry(_))
+        ));
     }
 
     #[test]
     fn body_is_ndjson_with_create_actions() {
-        let docs = vec![Doc::new(Signal::traces, "a\"b".into(), b"{\"x\":1}".to_vec())];
+        let docs = vec![Doc::new(
+            Signal::traces,
+            "a\"b".into(),
+            b"{\"x\":1}".to_vec(),
+        )];
         let mut out = Vec::new();
         build_body(&docs, |_| "traces-otel-prod".into(), &mut out);
         assert_eq!(

@@ -16,7 +16,9 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// A dead-letter file at `path` (created on first use).
     pub fn new(path: &Path) -> Self {
-        Self { path: path.to_path_buf() }
+        Self {
+            path: path.to_path_buf(),
+        }
     }
 
     /// Path of the file.
@@ -44,7 +46,10 @@ impl DeadLetter {
             buf.extend_from_slice(&doc.source);
             buf.extend_from_slice(b"}\n");
         }
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         f.write_all(&buf)?;
         f.sync_data()
     }
@@ -59,8 +64,11 @@ mod tests {
     fn writes_reason_and_document() {
         let dir = tempfile::tempdir().unwrap();
         let dl = DeadLetter::new(&dir.path().join("sub/dl.ndjson"));
-        dl.write(&[(Doc::new(Signal::logs, "id1".into(), b"{\"a\":1}".to_vec()), "400 mapper_parsing_exception".into())])
-            .unwrap();
+        dl.write(&[(
+            Doc::new(Signal::logs, "id1".into(), b"{\"a\":1}".to_vec()),
+            "400 mapper_parsing_exception".into(),
+        )])
+        .unwrap();
         let text = std::fs::read_to_string(dl.path()).unwrap();
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["reason"], "400 mapper_parsing_exception");

@@ -72,7 +72,9 @@ fn any_value(out: &mut Vec<u8>, v: Option<&AnyValue>) {
     };
     match value {
         any_value::Value::StringValue(s) => json_str(out, s),
-        any_value::Value::BoolValue(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        any_value::Value::BoolValue(b) => {
+            out.extend_from_slice(if *b { b"true" } else { b"false" })
+        }
         any_value::Value::IntValue(i) => {
             let _ = write!(out, "{i}");
         }
@@ -94,7 +96,11 @@ fn any_value(out: &mut Vec<u8>, v: Option<&AnyValue>) {
         }
         any_value::Value::BytesValue(b) => {
             out.push(b'"');
-            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(b).as_bytes());
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(b)
+                    .as_bytes(),
+            );
             out.push(b'"');
         }
     }
@@ -121,10 +127,12 @@ pub fn attributes(out: &mut Vec<u8>, kvs: &[KeyValue]) {
 
 /// The string value of attribute `name`, if present and a string.
 pub fn attr_str<'a>(kvs: &'a [KeyValue], name: &str) -> Option<&'a str> {
-    kvs.iter().find(|kv| kv.key == name).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-        any_value::Value::StringValue(s) => Some(s.as_str()),
-        _ => None,
-    })
+    kvs.iter()
+        .find(|kv| kv.key == name)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        })
 }
 
 /// Pre-encoded parts shared by every record of one resource and scope.
@@ -140,10 +148,17 @@ pub struct Shared<'a> {
 pub fn encode_resource(resource: Option<&Resource>, schema_url: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"attributes\":");
-    attributes(&mut out, resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]));
+    attributes(
+        &mut out,
+        resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]),
+    );
     if let Some(r) = resource {
         if r.dropped_attributes_count > 0 {
-            let _ = write!(out, ",\"dropped_attributes_count\":{}", r.dropped_attributes_count);
+            let _ = write!(
+                out,
+                ",\"dropped_attributes_count\":{}",
+                r.dropped_attributes_count
+            );
         }
     }
     if !schema_url.is_empty() {
@@ -225,11 +240,20 @@ pub fn span_kind_name(kind: i32) -> &'static str {
 
 /// True when the span's status is ERROR.
 pub fn span_is_error(s: &Span) -> bool {
-    s.status.as_ref().is_some_and(|st| st.code == status::StatusCode::Error as i32)
+    s.status
+        .as_ref()
+        .is_some_and(|st| st.code == status::StatusCode::Error as i32)
 }
 
 /// Appends one span document.
-pub fn encode_span(out: &mut Vec<u8>, s: &Span, shared: &Shared<'_>, ds: &DataStream, verdict: &Verdict, subject: &str) {
+pub fn encode_span(
+    out: &mut Vec<u8>,
+    s: &Span,
+    shared: &Shared<'_>,
+    ds: &DataStream,
+    verdict: &Verdict,
+    subject: &str,
+) {
     out.extend_from_slice(b"{\"@timestamp\":");
     json_time(out, s.start_time_unix_nano);
     out.push(b',');
@@ -415,7 +439,11 @@ fn point_value(out: &mut Vec<u8>, p: PointRef<'_>) {
             out.push(b'}');
         }
         PointRef::ExpHistogram(p) => {
-            let _ = write!(out, "{{\"count\":{},\"scale\":{},\"zero_count\":{}", p.count, p.scale, p.zero_count);
+            let _ = write!(
+                out,
+                "{{\"count\":{},\"scale\":{},\"zero_count\":{}",
+                p.count, p.scale, p.zero_count
+            );
             if let Some(sum) = p.sum {
                 out.extend_from_slice(b",\"sum\":");
                 json_f64(out, sum);
@@ -428,7 +456,11 @@ fn point_value(out: &mut Vec<u8>, p: PointRef<'_>) {
             }
             for (name, b) in [("positive", &p.positive), ("negative", &p.negative)] {
                 if let Some(b) = b {
-                    let _ = write!(out, ",\"{name}\":{{\"offset\":{},\"bucket_counts\":", b.offset);
+                    let _ = write!(
+                        out,
+                        ",\"{name}\":{{\"offset\":{},\"bucket_counts\":",
+                        b.offset
+                    );
                     u64_array(out, &b.bucket_counts);
                     out.push(b'}');
                 }
@@ -538,13 +570,24 @@ pub fn encode_point(
         enrich::write_anomaly_json(out, v, &m.name);
     } else {
         out.push(b',');
-        enrich::write_not_scored_json(out, "first point of a cumulative series or an empty interval");
+        enrich::write_not_scored_json(
+            out,
+            "first point of a cumulative series or an empty interval",
+        );
     }
     out.push(b'}');
 }
 
 /// Appends one log record document.
-pub fn encode_log(out: &mut Vec<u8>, r: &LogRecord, time_ns: u64, shared: &Shared<'_>, ds: &DataStream, verdict: &Verdict, subject: &str) {
+pub fn encode_log(
+    out: &mut Vec<u8>,
+    r: &LogRecord,
+    time_ns: u64,
+    shared: &Shared<'_>,
+    ds: &DataStream,
+    verdict: &Verdict,
+    subject: &str,
+) {
     out.extend_from_slice(b"{\"@timestamp\":");
     json_time(out, time_ns);
     if r.observed_time_unix_nano > 0 {
@@ -580,7 +623,11 @@ pub fn encode_log(out: &mut Vec<u8>, r: &LogRecord, time_ns: u64, shared: &Share
     out.extend_from_slice(b",\"attributes\":");
     attributes(out, &r.attributes);
     if r.dropped_attributes_count > 0 {
-        let _ = write!(out, ",\"dropped_attributes_count\":{}", r.dropped_attributes_count);
+        let _ = write!(
+            out,
+            ",\"dropped_attributes_count\":{}",
+            r.dropped_attributes_count
+        );
     }
     if !r.trace_id.is_empty() {
         out.extend_from_slice(b",\"trace_id\":");
@@ -647,11 +694,17 @@ mod tests {
             ..Default::default()
         };
         let res = Resource {
-            attributes: vec![kv("service.name", any_value::Value::StringValue("cart".into()))],
+            attributes: vec![kv(
+                "service.name",
+                any_value::Value::StringValue("cart".into()),
+            )],
             ..Default::default()
         };
         let (r, sc) = (encode_resource(Some(&res), ""), encode_scope(None, ""));
-        let shared = Shared { resource: &r, scope: &sc };
+        let shared = Shared {
+            resource: &r,
+            scope: &sc,
+        };
         let ds = DataStream {
             dataset: "otel".into(),
             namespace: "prod".into(),
@@ -681,7 +734,10 @@ mod tests {
         assert_eq!(doc["data_stream"]["namespace"], "prod");
         assert_eq!(doc["anomaly"]["score"], 80.0);
         assert_eq!(doc["anomaly"]["severity"], "critical");
-        assert!(doc["anomaly"]["explanation"].as_str().unwrap().contains("10.0×"));
+        assert!(doc["anomaly"]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("10.0×"));
     }
 
     #[test]
@@ -689,10 +745,12 @@ mod tests {
         let m = Metric {
             name: "http.server.duration".into(),
             unit: "ms".into(),
-            data: Some(metric::Data::Histogram(opentelemetry_proto::tonic::metrics::v1::Histogram {
-                data_points: vec![],
-                aggregation_temporality: 2,
-            })),
+            data: Some(metric::Data::Histogram(
+                opentelemetry_proto::tonic::metrics::v1::Histogram {
+                    data_points: vec![],
+                    aggregation_temporality: 2,
+                },
+            )),
             ..Default::default()
         };
         let p = HistogramDataPoint {
@@ -705,7 +763,10 @@ mod tests {
         };
         let mut out = Vec::new();
         let (r, sc) = (encode_resource(None, ""), encode_scope(None, ""));
-        let shared = Shared { resource: &r, scope: &sc };
+        let shared = Shared {
+            resource: &r,
+            scope: &sc,
+        };
         let ds = DataStream {
             dataset: "otel".into(),
             namespace: "dev".into(),

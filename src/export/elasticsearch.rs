@@ -29,9 +29,15 @@ use crate::telemetry::{BulkLabels, BulkOutcome, ExportLabels, ExportOutcome, Sig
 #[derive(Debug, thiserror::Error)]
 pub enum EsError {
     #[error("invalid Elasticsearch URL {url:?}: {source}")]
-    Url { url: String, source: url::ParseError },
+    Url {
+        url: String,
+        source: url::ParseError,
+    },
     #[error("cannot read CA file {path}: {source}")]
-    Ca { path: String, source: std::io::Error },
+    Ca {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("invalid CA certificate in {path}: {source}")]
     CaParse {
         path: String,
@@ -51,16 +57,19 @@ pub struct EsExporter {
 
 impl std::fmt::Debug for EsExporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EsExporter").field("urls", &self.settings.urls).finish()
+        f.debug_struct("EsExporter")
+            .field("urls", &self.settings.urls)
+            .finish()
     }
 }
 
 fn credentials(c: &Option<EsCredentials>) -> Option<Credentials> {
     match c {
         Some(EsCredentials::ApiKey(k)) => Some(Credentials::EncodedApiKey(k.expose().to_string())),
-        Some(EsCredentials::Basic { username, password }) => {
-            Some(Credentials::Basic(username.clone(), password.expose().to_string()))
-        }
+        Some(EsCredentials::Basic { username, password }) => Some(Credentials::Basic(
+            username.clone(),
+            password.expose().to_string(),
+        )),
         None => None,
     }
 }
@@ -82,7 +91,10 @@ impl EsExporter {
         } else {
             let mut urls = Vec::new();
             for u in &es.urls {
-                urls.push(url::Url::parse(u).map_err(|source| EsError::Url { url: u.clone(), source })?);
+                urls.push(url::Url::parse(u).map_err(|source| EsError::Url {
+                    url: u.clone(),
+                    source,
+                })?);
             }
             TransportBuilder::new(MultiNodeConnectionPool::round_robin(urls, None))
         };
@@ -124,8 +136,10 @@ impl EsExporter {
         }
     }
 
-    /// Installs one index template per signal; a 2xx means the server was reached.
-    pub async fn setup(&self) -> Result<(), String> {
+    /// Installs one index template per signal. `Err(Retry)` when the server
+    /// could not be reached or answered 5xx; `Err(Rejected)` when it refused
+    /// the template (the documents can still be written with dynamic mappings).
+    pub async fn setup(&self) -> Result<(), SetupError> {
         for signal in [Signal::traces, Signal::metrics, Signal::logs] {
             let name = format!("otel-anomaly-{}-{}", signal.as_str(), self.settings.dataset);
             let body = template_body(signal, &self.settings);
@@ -142,14 +156,18 @@ impl EsExporter {
                     None,
                 )
                 .await
-                .map_err(|e| format!("cannot reach Elasticsearch: {e}"))?;
+                .map_err(|e| SetupError::Retry(format!("cannot reach Elasticsearch: {e}")))?;
             let status = resp.status_code().as_u16();
             if !(200..300).contains(&status) {
                 let text = resp.text().await.unwrap_or_default();
-                return Err(format!(
+                let msg = format!(
                     "installing index template {name} failed ({status}): {}",
-                    &text[..text.len().min(300)]
-                ));
+                    text.chars().take(300).collect::<String>()
+                );
+                return Err(match status {
+                    408 | 429 | 500..=599 | 401 | 403 => SetupError::Retry(msg),
+                    _ => SetupError::Rejected(msg),
+                });
             }
         }
         Ok(())
@@ -164,13 +182,34 @@ impl EsExporter {
         }
         let resp = self
             .transport
-            .send(Method::Post, "/_bulk", headers, None::<&()>, Some(body), None)
+            .send(
+                Method::Post,
+                "/_bulk",
+                headers,
+                None::<&()>,
+                Some(body),
+                None,
+            )
             .await
             .map_err(|e| format!("bulk request failed: {e}"))?;
         let status = resp.status_code().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| format!("reading bulk reply failed: {e}"))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("reading bulk reply failed: {e}"))?;
         Ok((status, bytes))
     }
+}
+
+/// Why the template setup failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// Not reached, or a transient/auth failure: try again.
+    #[error("{0}")]
+    Retry(String),
+    /// The server refused the template itself: go on without it.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 /// Index template for one signal: data stream (or plain index) with the
@@ -182,8 +221,8 @@ pub fn template_body(signal: Signal, es: &ElasticsearchSettings) -> String {
         "data_stream": {"properties": {
             "type": {"type": "keyword"}, "dataset": {"type": "keyword"}, "namespace": {"type": "keyword"}
         }},
-        "attributes": {"type": "object", "subobjects": false},
-        "resource": {"properties": {"attributes": {"type": "object", "subobjects": false}}},
+        "attributes": {"type": "object"},
+        "resource": {"properties": {"attributes": {"type": "object"}}},
         "anomaly": {"properties": {
             "score": {"type": "float"},
             "severity": {"type": "keyword"},
@@ -220,6 +259,20 @@ pub fn template_body(signal: Signal, es: &ElasticsearchSettings) -> String {
     });
     if es.mode == IndexMode::DataStream {
         body["data_stream"] = serde_json::json!({});
+        // Attribute keys keep their dots ("http.method" stays one field, as
+        // in Elastic's OTel layout), so "http" and "http.method" can both
+        // exist. Elasticsearch 8.3+ only; OpenSearch (index mode) lacks it.
+        for path in [&["attributes"][..], &["resource", "attributes"][..]] {
+            let mut node = &mut body["template"]["mappings"]["properties"];
+            for (i, seg) in path.iter().enumerate() {
+                node = if i + 1 == path.len() {
+                    &mut node[*seg]
+                } else {
+                    &mut node[*seg]["properties"]
+                };
+            }
+            node["subobjects"] = serde_json::json!(false);
+        }
     }
     body.to_string()
 }
@@ -236,7 +289,10 @@ fn backoff(attempt: u32, es: &ElasticsearchSettings) -> Duration {
 fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
     // Level 1: most of the size win for a fraction of the CPU of the default level.
-    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
     enc.write_all(body)?;
     enc.finish()
 }
@@ -258,12 +314,24 @@ async fn send_batch(exp: EsExporter, docs: Vec<Doc>) -> BulkResult {
         Err(e) => {
             // The blocking task panicked: a bug; keep the documents by failing the batch as retryable.
             tracing::error!(error = %e, "building bulk body failed");
-            return (Vec::new(), Err(RequestFailure::Retry(format!("internal error: {e}"))), false);
+            return (
+                Vec::new(),
+                Err(RequestFailure::Retry(format!("internal error: {e}"))),
+                false,
+            );
         }
     };
     let body = match body {
         Ok(b) => Bytes::from(b),
-        Err(e) => return (docs, Err(RequestFailure::Retry(format!("compressing bulk body failed: {e}"))), false),
+        Err(e) => {
+            return (
+                docs,
+                Err(RequestFailure::Retry(format!(
+                    "compressing bulk body failed: {e}"
+                ))),
+                false,
+            )
+        }
     };
     match exp.send(body, compress).await {
         Ok((status, reply)) => {
@@ -295,7 +363,14 @@ pub async fn run(
                         tracing::info!(urls = ?es.urls, mode = ?es.mode, "elasticsearch reached, index templates installed");
                         break;
                     }
-                    Err(e) => {
+                    Err(SetupError::Rejected(e)) => {
+                        // Reached, but the template was refused: documents still index with dynamic mappings.
+                        ctx.health.set_ready();
+                        ctx.metrics.ready.set(1);
+                        tracing::error!(error = %e, "index template refused; continuing without it (set export.elasticsearch.setup: false to skip)");
+                        break;
+                    }
+                    Err(SetupError::Retry(e)) => {
                         attempt += 1;
                         tracing::warn!(error = %e, attempt, "elasticsearch setup failed; retrying (data waits in the queue)");
                     }
@@ -316,7 +391,8 @@ pub async fn run(
     let mut paused_until: Option<Instant> = None;
     let mut consecutive_failures = 0u32;
     let mut input_open = true;
-    let tick = (es.bulk.flush_interval / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
+    let tick =
+        (es.bulk.flush_interval / 4).clamp(Duration::from_millis(5), Duration::from_millis(250));
 
     loop {
         let now = Instant::now();
@@ -333,14 +409,17 @@ pub async fn run(
         }
         let paused = paused_until.is_some_and(|t| t > now);
         while !paused && in_flight.len() < es.bulk.max_in_flight && !pending.is_empty() {
-            let flush_due = first_pending_at.is_some_and(|t| now.duration_since(t) >= es.bulk.flush_interval);
+            let flush_due =
+                first_pending_at.is_some_and(|t| now.duration_since(t) >= es.bulk.flush_interval);
             if pending.len() < es.bulk.max_docs && !flush_due && input_open {
                 break;
             }
             let mut batch = Vec::with_capacity(es.bulk.max_docs.min(pending.len()));
             let mut bytes = 0usize;
             while let Some(d) = pending.front() {
-                if batch.len() >= es.bulk.max_docs || (!batch.is_empty() && bytes + d.source.len() > es.bulk.max_bytes) {
+                if batch.len() >= es.bulk.max_docs
+                    || (!batch.is_empty() && bytes + d.source.len() > es.bulk.max_bytes)
+                {
                     break;
                 }
                 bytes += d.source.len() + 96;
@@ -433,5 +512,35 @@ pub async fn run(
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_use_subobjects_only_for_data_streams() {
+        let mut es = ElasticsearchSettings::default();
+        let ds: serde_json::Value =
+            serde_json::from_str(&template_body(Signal::traces, &es)).unwrap();
+        assert_eq!(ds["index_patterns"][0], "traces-otel-*");
+        assert!(ds.get("data_stream").is_some());
+        assert_eq!(
+            ds["template"]["mappings"]["properties"]["attributes"]["subobjects"],
+            false
+        );
+        assert_eq!(
+            ds["template"]["mappings"]["properties"]["resource"]["properties"]["attributes"]
+                ["subobjects"],
+            false
+        );
+        es.mode = IndexMode::Index;
+        let idx: serde_json::Value =
+            serde_json::from_str(&template_body(Signal::logs, &es)).unwrap();
+        assert!(idx.get("data_stream").is_none());
+        assert!(idx["template"]["mappings"]["properties"]["attributes"]
+            .get("subobjects")
+            .is_none());
     }
 }

@@ -49,7 +49,10 @@ impl FileSink {
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(rest) = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".ndjson")) {
+                if let Some(rest) = name
+                    .strip_prefix(&prefix)
+                    .and_then(|r| r.strip_suffix(".ndjson"))
+                {
                     if let Ok(n) = rest.parse::<u32>() {
                         max = max.max(n);
                     }
@@ -60,7 +63,10 @@ impl FileSink {
     }
 
     fn open_file(&self, stream: &str, seq: u32) -> std::io::Result<Current> {
-        let f = OpenOptions::new().create(true).append(true).open(self.path_of(stream, seq))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path_of(stream, seq))?;
         Ok(Current {
             writer: BufWriter::with_capacity(256 << 10, f),
             bytes: 0,
@@ -69,7 +75,11 @@ impl FileSink {
     }
 
     /// Appends documents to their stream's current file, rotating by size.
-    pub fn write(&mut self, docs: &[Doc], stream_of: impl Fn(&Doc) -> String) -> std::io::Result<()> {
+    pub fn write(
+        &mut self,
+        docs: &[Doc],
+        stream_of: impl Fn(&Doc) -> String,
+    ) -> std::io::Result<()> {
         for d in docs {
             let stream = stream_of(d);
             if !self.open.contains_key(&stream) {
@@ -77,10 +87,9 @@ impl FileSink {
                 let cur = self.open_file(&stream, seq)?;
                 self.open.insert(stream.clone(), cur);
             }
-            let needs_rotation = self
-                .open
-                .get(&stream)
-                .is_some_and(|c| c.bytes > 0 && c.bytes + d.source.len() as u64 + 1 > self.max_file_bytes);
+            let needs_rotation = self.open.get(&stream).is_some_and(|c| {
+                c.bytes > 0 && c.bytes + d.source.len() as u64 + 1 > self.max_file_bytes
+            });
             if needs_rotation {
                 if let Some(mut old) = self.open.remove(&stream) {
                     old.writer.flush()?;
@@ -115,7 +124,13 @@ mod tests {
     fn rotates_by_size_and_never_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let docs: Vec<Doc> = (0..10)
-            .map(|i| Doc::new(Signal::traces, format!("{i}"), format!("{{\"i\":{i}}}").into_bytes()))
+            .map(|i| {
+                Doc::new(
+                    Signal::traces,
+                    format!("{i}"),
+                    format!("{{\"i\":{i}}}").into_bytes(),
+                )
+            })
             .collect();
         let mut sink = FileSink::new(dir.path(), 20).unwrap();
         sink.write(&docs, |_| "traces-otel-x".into()).unwrap();
@@ -132,7 +147,12 @@ mod tests {
         assert!(names.len() >= 5, "{names:?}");
         let total: usize = names
             .iter()
-            .map(|n| std::fs::read_to_string(dir.path().join(n)).unwrap().lines().count())
+            .map(|n| {
+                std::fs::read_to_string(dir.path().join(n))
+                    .unwrap()
+                    .lines()
+                    .count()
+            })
             .sum();
         assert_eq!(total, 11);
     }

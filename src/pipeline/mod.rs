@@ -140,8 +140,12 @@ impl ExportCtx {
             Ok(Ok(())) => {
                 self.metrics.dead_lettered.inc_by(n as u64);
             }
-            Ok(Err(e)) => tracing::error!(error = %e, path = %self.dead_letter.path().display(), docs = n, "writing the dead-letter file failed; these documents are lost"),
-            Err(e) => tracing::error!(error = %e, docs = n, "dead-letter task failed; these documents are lost"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, path = %self.dead_letter.path().display(), docs = n, "writing the dead-letter file failed; these documents are lost")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, docs = n, "dead-letter task failed; these documents are lost")
+            }
         }
         self.admission.release(n);
     }
@@ -198,7 +202,11 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// A pipeline feeding `tx`.
-    pub fn new(admission: Arc<Admission>, tx: flume::Sender<Payload>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        admission: Arc<Admission>,
+        tx: flume::Sender<Payload>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             admission,
             tx: RwLock::new(Some(tx)),
@@ -253,7 +261,13 @@ mod tests {
         let m = Arc::new(Metrics::default());
         let a = Admission::new(10, m);
         a.try_admit(6).unwrap();
-        assert_eq!(a.try_admit(5), Err(Refusal::QueueFull { queued: 6, capacity: 10 }));
+        assert_eq!(
+            a.try_admit(5),
+            Err(Refusal::QueueFull {
+                queued: 6,
+                capacity: 10
+            })
+        );
         a.try_admit(4).unwrap();
         assert_eq!(a.queued(), 10);
         a.release(6);

@@ -17,8 +17,8 @@ use crate::detect::rate::RateParams;
 use crate::detect::span::{SpanDetector, SpanObs, SpanParams};
 use crate::detect::{Verdict, ANOMALOUS_SCORE};
 use crate::export::document::{
-    attr_str, encode_log, encode_point, encode_resource, encode_scope, encode_span, hex, span_is_error, DataStream,
-    PointRef, Shared,
+    attr_str, encode_log, encode_point, encode_resource, encode_scope, encode_span, hex,
+    span_is_error, DataStream, PointRef, Shared,
 };
 use crate::export::Doc;
 use crate::telemetry::{Metrics, Signal, SignalLabels};
@@ -58,8 +58,12 @@ impl Detectors {
             min_samples: d.spans.min_samples,
         };
         Self {
-            spans: (0..SHARDS).map(|_| Mutex::new(SpanDetector::new(span_params))).collect(),
-            metrics: (0..SHARDS).map(|_| Mutex::new(MetricDetector::new(metric_params))).collect(),
+            spans: (0..SHARDS)
+                .map(|_| Mutex::new(SpanDetector::new(span_params)))
+                .collect(),
+            metrics: (0..SHARDS)
+                .map(|_| Mutex::new(MetricDetector::new(metric_params)))
+                .collect(),
             logs: Mutex::new(LogDetector::new(log_params, d.logs.max_services)),
         }
     }
@@ -110,7 +114,10 @@ pub struct Processor {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn id128(parts: &[&[u8]]) -> String {
@@ -124,7 +131,12 @@ fn id128(parts: &[&[u8]]) -> String {
 
 impl Processor {
     /// A processor for the sidecar's environment.
-    pub fn new(settings: &Settings, dataset: &str, metrics: Arc<Metrics>, feed: Arc<AnomalyFeed>) -> Self {
+    pub fn new(
+        settings: &Settings,
+        dataset: &str,
+        metrics: Arc<Metrics>,
+        feed: Arc<AnomalyFeed>,
+    ) -> Self {
         Self {
             detectors: Detectors::new(settings),
             data_stream: DataStream {
@@ -145,7 +157,10 @@ impl Processor {
         if v.score < ANOMALOUS_SCORE {
             return;
         }
-        self.metrics.anomalous.get_or_create(&SignalLabels { signal }).inc();
+        self.metrics
+            .anomalous
+            .get_or_create(&SignalLabels { signal })
+            .inc();
         let mut explanation = String::new();
         v.explanation.render(subject, &mut explanation);
         self.feed.push(AnomalyNote {
@@ -172,11 +187,16 @@ impl Processor {
             .scored
             .get_or_create(&SignalLabels { signal })
             .inc_by(docs.len() as u64);
-        self.metrics.scoring_seconds.inc_by(started.elapsed().as_secs_f64());
+        self.metrics
+            .scoring_seconds
+            .inc_by(started.elapsed().as_secs_f64());
         docs
     }
 
-    fn traces(&self, req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest) -> Vec<Doc> {
+    fn traces(
+        &self,
+        req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    ) -> Vec<Doc> {
         let mut docs = Vec::new();
         for rs in &req.resource_spans {
             let resource = rs.resource.as_ref();
@@ -202,7 +222,14 @@ impl Processor {
                     let verdict = self.detectors.span(&obs);
                     self.note(Signal::traces, service, &s.name, &verdict);
                     let mut source = Vec::with_capacity(512);
-                    encode_span(&mut source, s, &shared, &self.data_stream, &verdict, &s.name);
+                    encode_span(
+                        &mut source,
+                        s,
+                        &shared,
+                        &self.data_stream,
+                        &verdict,
+                        &s.name,
+                    );
                     let mut id = hex(&s.trace_id);
                     id.push_str(&hex(&s.span_id));
                     docs.push(Doc::new(Signal::traces, id, source));
@@ -303,7 +330,14 @@ impl Processor {
                             self.note(Signal::metrics, service, &m.name, v);
                         }
                         let mut source = Vec::with_capacity(512);
-                        encode_point(&mut source, m, p, &shared, &self.data_stream, verdict.as_ref());
+                        encode_point(
+                            &mut source,
+                            m,
+                            p,
+                            &shared,
+                            &self.data_stream,
+                            verdict.as_ref(),
+                        );
                         let (start, time) = p.times();
                         let id = id128(&[
                             &series.to_le_bytes(),
@@ -321,7 +355,10 @@ impl Processor {
         docs
     }
 
-    fn logs(&self, req: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest) -> Vec<Doc> {
+    fn logs(
+        &self,
+        req: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
+    ) -> Vec<Doc> {
         let mut docs = Vec::new();
         let mut encoded = Vec::with_capacity(256);
         for rl in &req.resource_logs {
@@ -345,7 +382,15 @@ impl Processor {
                     let verdict = self.detectors.log(service, time_ns, r.severity_number);
                     self.note(Signal::logs, service, service, &verdict);
                     let mut source = Vec::with_capacity(512);
-                    encode_log(&mut source, r, time_ns, &shared, &self.data_stream, &verdict, service);
+                    encode_log(
+                        &mut source,
+                        r,
+                        time_ns,
+                        &shared,
+                        &self.data_stream,
+                        &verdict,
+                        service,
+                    );
                     encoded.clear();
                     // Encoding a prost message into a Vec cannot fail.
                     let _ = r.encode(&mut encoded);
@@ -378,7 +423,9 @@ pub fn worker_loop(
             continue;
         }
         if output.send(docs).is_err() {
-            tracing::error!("exporter stopped before the scoring workers; documents of this batch are lost");
+            tracing::error!(
+                "exporter stopped before the scoring workers; documents of this batch are lost"
+            );
             break;
         }
     }

@@ -83,8 +83,18 @@ pub fn metrics(req: &mut ExportMetricsServiceRequest) -> Checked {
                     };
                 }
                 match &mut m.data {
-                    Some(metric::Data::Gauge(g)) => keep!(g.data_points, |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| p.value.is_some()),
-                    Some(metric::Data::Sum(s)) => keep!(s.data_points, |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| p.value.is_some()),
+                    Some(metric::Data::Gauge(g)) => keep!(
+                        g.data_points,
+                        |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| p
+                            .value
+                            .is_some()
+                    ),
+                    Some(metric::Data::Sum(s)) => keep!(
+                        s.data_points,
+                        |p: &opentelemetry_proto::tonic::metrics::v1::NumberDataPoint| p
+                            .value
+                            .is_some()
+                    ),
                     Some(metric::Data::Histogram(h)) => keep!(h.data_points, |_| true),
                     Some(metric::Data::ExponentialHistogram(h)) => keep!(h.data_points, |_| true),
                     Some(metric::Data::Summary(s)) => keep!(s.data_points, |_| true),

@@ -35,7 +35,12 @@ pub enum Format {
 /// Reads the format from a Content-Type header value.
 pub fn format_of(content_type: Option<&str>) -> Result<Format, DecodeError> {
     let raw = content_type.unwrap_or("");
-    let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "application/x-protobuf" | "application/protobuf" => Ok(Format::Protobuf),
         "application/json" => Ok(Format::Json),
@@ -57,7 +62,11 @@ pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
 }
 
 /// Undoes the Content-Encoding.
-pub fn decompress(body: bytes::Bytes, encoding: Option<&str>, limit: usize) -> Result<bytes::Bytes, DecodeError> {
+pub fn decompress(
+    body: bytes::Bytes,
+    encoding: Option<&str>,
+    limit: usize,
+) -> Result<bytes::Bytes, DecodeError> {
     match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
         None | Some("") | Some("identity") => {
             if body.len() > limit {
@@ -71,7 +80,10 @@ pub fn decompress(body: bytes::Bytes, encoding: Option<&str>, limit: usize) -> R
 }
 
 /// Decodes an OTLP request in `format`.
-pub fn decode<T: Message + Default + DeserializeOwned>(body: &[u8], format: Format) -> Result<T, DecodeError> {
+pub fn decode<T: Message + Default + DeserializeOwned>(
+    body: &[u8],
+    format: Format,
+) -> Result<T, DecodeError> {
     match format {
         Format::Protobuf => T::decode(body).map_err(|e| DecodeError::Protobuf(e.to_string())),
         Format::Json => {
@@ -99,16 +111,31 @@ mod tests {
     fn gzip_bomb_is_refused_at_the_cap() {
         let bomb = gz(&vec![0u8; 10 << 20]);
         assert!(bomb.len() < 100_000);
-        assert_eq!(gunzip(&bomb, 1 << 20), Err(DecodeError::DecompressedTooLarge { limit: 1 << 20 }));
+        assert_eq!(
+            gunzip(&bomb, 1 << 20),
+            Err(DecodeError::DecompressedTooLarge { limit: 1 << 20 })
+        );
         assert_eq!(gunzip(&gz(b"hello"), 5).unwrap(), b"hello");
     }
 
     #[test]
     fn content_types() {
-        assert_eq!(format_of(Some("application/x-protobuf")), Ok(Format::Protobuf));
-        assert_eq!(format_of(Some("application/json; charset=utf-8")), Ok(Format::Json));
-        assert!(matches!(format_of(Some("text/plain")), Err(DecodeError::UnsupportedMediaType(_))));
-        assert!(matches!(format_of(None), Err(DecodeError::UnsupportedMediaType(_))));
+        assert_eq!(
+            format_of(Some("application/x-protobuf")),
+            Ok(Format::Protobuf)
+        );
+        assert_eq!(
+            format_of(Some("application/json; charset=utf-8")),
+            Ok(Format::Json)
+        );
+        assert!(matches!(
+            format_of(Some("text/plain")),
+            Err(DecodeError::UnsupportedMediaType(_))
+        ));
+        assert!(matches!(
+            format_of(None),
+            Err(DecodeError::UnsupportedMediaType(_))
+        ));
     }
 
     #[test]
@@ -129,9 +156,11 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_clear_errors() {
-        let e = decode::<ExportTraceServiceRequest>(&[0x0a, 0xff, 0xff], Format::Protobuf).unwrap_err();
+        let e =
+            decode::<ExportTraceServiceRequest>(&[0x0a, 0xff, 0xff], Format::Protobuf).unwrap_err();
         assert!(matches!(e, DecodeError::Protobuf(_)), "{e}");
-        let e = decode::<ExportTraceServiceRequest>(b"{\"resourceSpans\": [", Format::Json).unwrap_err();
+        let e = decode::<ExportTraceServiceRequest>(b"{\"resourceSpans\": [", Format::Json)
+            .unwrap_err();
         assert!(matches!(e, DecodeError::Json(_)), "{e}");
         let e = decode::<ExportTraceServiceRequest>(b"", Format::Json).unwrap_err();
         assert!(e.to_string().contains("empty body"));

@@ -3,7 +3,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -13,7 +15,9 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -58,15 +62,17 @@ impl GrpcReceiver {
         if checked.rejected > 0 {
             self.count_rejected(signal, RejectReason::invalid_record, checked.rejected);
         }
-        self.pipeline.submit(payload, checked.accepted).map_err(|r| {
-            let reason = match r {
-                Refusal::QueueFull { .. } => RejectReason::queue_full,
-                Refusal::ShuttingDown => RejectReason::shutting_down,
-                Refusal::TooLarge { .. } => RejectReason::too_large,
-            };
-            self.count_rejected(signal, reason, checked.accepted);
-            refusal_status(&r)
-        })
+        self.pipeline
+            .submit(payload, checked.accepted)
+            .map_err(|r| {
+                let reason = match r {
+                    Refusal::QueueFull { .. } => RejectReason::queue_full,
+                    Refusal::ShuttingDown => RejectReason::shutting_down,
+                    Refusal::TooLarge { .. } => RejectReason::too_large,
+                };
+                self.count_rejected(signal, reason, checked.accepted);
+                refusal_status(&r)
+            })
     }
 
     fn count_rejected(&self, signal: Signal, reason: RejectReason, n: usize) {
@@ -87,9 +93,11 @@ impl TraceService for GrpcReceiver {
         let checked = validate::traces(&mut req);
         self.submit(Payload::Traces(req), &checked)?;
         Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: partial(&checked).map(|(rejected_spans, error_message)| ExportTracePartialSuccess {
-                rejected_spans,
-                error_message,
+            partial_success: partial(&checked).map(|(rejected_spans, error_message)| {
+                ExportTracePartialSuccess {
+                    rejected_spans,
+                    error_message,
+                }
             }),
         }))
     }
@@ -125,9 +133,11 @@ impl LogsService for GrpcReceiver {
         let checked = validate::logs(&req);
         self.submit(Payload::Logs(req), &checked)?;
         Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: partial(&checked).map(|(rejected_log_records, error_message)| ExportLogsPartialSuccess {
-                rejected_log_records,
-                error_message,
+            partial_success: partial(&checked).map(|(rejected_log_records, error_message)| {
+                ExportLogsPartialSuccess {
+                    rejected_log_records,
+                    error_message,
+                }
             }),
         }))
     }

@@ -77,7 +77,9 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 fn error_response(status: StatusCode, format: Format, message: String, retry: bool) -> Response {
@@ -90,12 +92,17 @@ fn error_response(status: StatusCode, format: Format, message: String, retry: bo
     let st = RpcStatus { code, message };
     let (ct, body) = match format {
         Format::Protobuf => ("application/x-protobuf", st.encode_to_vec()),
-        Format::Json => ("application/json", serde_json::to_vec(&st).unwrap_or_default()),
+        Format::Json => (
+            "application/json",
+            serde_json::to_vec(&st).unwrap_or_default(),
+        ),
     };
     let mut resp = (status, [(header::CONTENT_TYPE, ct)], body).into_response();
     if retry {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(RETRY_AFTER.as_secs()),
+        );
     }
     resp
 }
@@ -105,9 +112,10 @@ fn decode_status(e: &DecodeError) -> (StatusCode, RejectReason) {
         DecodeError::BodyTooLarge { .. } | DecodeError::DecompressedTooLarge { .. } => {
             (StatusCode::PAYLOAD_TOO_LARGE, RejectReason::too_large)
         }
-        DecodeError::UnsupportedEncoding(_) | DecodeError::UnsupportedMediaType(_) => {
-            (StatusCode::UNSUPPORTED_MEDIA_TYPE, RejectReason::unsupported_media_type)
-        }
+        DecodeError::UnsupportedEncoding(_) | DecodeError::UnsupportedMediaType(_) => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RejectReason::unsupported_media_type,
+        ),
         DecodeError::Gzip(_) | DecodeError::Protobuf(_) | DecodeError::Json(_) => {
             (StatusCode::BAD_REQUEST, RejectReason::malformed)
         }
@@ -134,9 +142,11 @@ impl Otlp for ExportTraceServiceRequest {
     }
     fn response(partial: Option<(i64, String)>) -> Self::Response {
         ExportTraceServiceResponse {
-            partial_success: partial.map(|(rejected_spans, error_message)| ExportTracePartialSuccess {
-                rejected_spans,
-                error_message,
+            partial_success: partial.map(|(rejected_spans, error_message)| {
+                ExportTracePartialSuccess {
+                    rejected_spans,
+                    error_message,
+                }
             }),
         }
     }
@@ -153,9 +163,11 @@ impl Otlp for ExportMetricsServiceRequest {
     }
     fn response(partial: Option<(i64, String)>) -> Self::Response {
         ExportMetricsServiceResponse {
-            partial_success: partial.map(|(rejected_data_points, error_message)| ExportMetricsPartialSuccess {
-                rejected_data_points,
-                error_message,
+            partial_success: partial.map(|(rejected_data_points, error_message)| {
+                ExportMetricsPartialSuccess {
+                    rejected_data_points,
+                    error_message,
+                }
             }),
         }
     }
@@ -172,9 +184,11 @@ impl Otlp for ExportLogsServiceRequest {
     }
     fn response(partial: Option<(i64, String)>) -> Self::Response {
         ExportLogsServiceResponse {
-            partial_success: partial.map(|(rejected_log_records, error_message)| ExportLogsPartialSuccess {
-                rejected_log_records,
-                error_message,
+            partial_success: partial.map(|(rejected_log_records, error_message)| {
+                ExportLogsPartialSuccess {
+                    rejected_log_records,
+                    error_message,
+                }
             }),
         }
     }
@@ -191,12 +205,19 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
             })
             .inc_by(n.max(1) as u64);
     };
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let format = match format_of(content_type) {
         Ok(f) => f,
         Err(e) => {
             reject(RejectReason::unsupported_media_type, 1);
-            return error_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, Format::Json, e.to_string(), false);
+            return error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Format::Json,
+                e.to_string(),
+                false,
+            );
         }
     };
     let limits = state.limits;
@@ -205,17 +226,27 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
         reject(reason, 1);
         error_response(status, format, e.to_string(), false)
     };
-    let raw = match http_body_util::Limited::new(body, limits.max_request_bytes).collect().await {
+    let raw = match http_body_util::Limited::new(body, limits.max_request_bytes)
+        .collect()
+        .await
+    {
         Ok(c) => c.to_bytes(),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 return fail(DecodeError::BodyTooLarge {
                     limit: limits.max_request_bytes,
                 });
             }
             // The client went away or sent a broken body.
             reject(RejectReason::malformed, 1);
-            return error_response(StatusCode::BAD_REQUEST, format, format!("reading request body failed: {e}"), false);
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format,
+                format!("reading request body failed: {e}"),
+                false,
+            );
         }
     };
     let encoding = headers
@@ -248,9 +279,21 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
     }
     if let Err(r) = state.pipeline.submit(req.into_payload(), checked.accepted) {
         let (status, reason, retry) = match r {
-            Refusal::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, RejectReason::queue_full, true),
-            Refusal::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, RejectReason::shutting_down, true),
-            Refusal::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, RejectReason::too_large, false),
+            Refusal::QueueFull { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                RejectReason::queue_full,
+                true,
+            ),
+            Refusal::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                RejectReason::shutting_down,
+                true,
+            ),
+            Refusal::TooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                RejectReason::too_large,
+                false,
+            ),
         };
         reject(reason, checked.accepted);
         return error_response(status, format, r.to_string(), retry);

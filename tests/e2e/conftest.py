@@ -1,0 +1,296 @@
+"""Harness for end-to-end tests: real servers on loopback.
+
+Starts an Elasticsearch-compatible server (noida-db, with data streams; and
+osmem-server, OpenSearch-compatible without data streams) and the real
+otel-anomaly binary, which the tests drive with the real OpenTelemetry Python
+SDK and exporters.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("OTEL_ANOMALY_BIN", ROOT / "target" / "debug" / "otel-anomaly"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body=None, headers=None, timeout=10):
+    """Returns (status, parsed JSON or text)."""
+    data = None
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            status = r.status
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        status = e.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def wait_until(pred, timeout=30.0, interval=0.1, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except (OSError, urllib.error.URLError) as e:
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Server:
+    def __init__(self, proc, url, logfile):
+        self.proc, self.url, self.logfile = proc, url, logfile
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def start_noida(tmp: Path) -> Server:
+    port = free_port()
+    data = tmp / f"noida-{port}"
+    data.mkdir(parents=True)
+    exe = shutil.which("noida-db")
+    assert exe, "noida-db is not installed (pip install noida-db); .ci/run installs it"
+    log = open(tmp / f"noida-{port}.log", "w")
+    proc = subprocess.Popen(
+        [exe, "start", "--only", "elasticsearch", "--elasticsearch-port", str(port), "--host", "127.0.0.1", "--data-dir", str(data)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http("GET", url + "/")[0] == 200, timeout=60, what="noida-db to start")
+    return Server(proc, url, log)
+
+
+def start_osmem(tmp: Path) -> Server:
+    import osmem_server  # type: ignore
+
+    port = free_port()
+    log = open(tmp / f"osmem-{port}.log", "w")
+    proc = subprocess.Popen(
+        [osmem_server.resolve_binary(), "--addr", f"127.0.0.1:{port}", "--no-stdin-watch", "--no-ja"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http("GET", url + "/")[0] == 200, timeout=60, what="osmem-server to start")
+    return Server(proc, url, log)
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    d = Path(tempfile.mkdtemp(prefix="otel-anomaly-e2e-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def es(workdir):
+    s = start_noida(workdir)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def opensearch(workdir):
+    s = start_osmem(workdir)
+    yield s
+    s.stop()
+
+
+class Sidecar:
+    """The real binary, started with a YAML config on free loopback ports."""
+
+    def __init__(self, workdir: Path, config: dict, env: dict | None = None):
+        assert BINARY.exists(), f"{BINARY} is missing: run `cargo build` first (scripts/test.sh does)"
+        self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="sidecar-", dir=workdir))
+        cfg = {
+            "data_dir": str(self.dir / "data"),
+            "shutdown_timeout": "20s",
+            "receiver": {
+                "grpc": {"listen": f"127.0.0.1:{self.grpc_port}"},
+                "http": {"listen": f"127.0.0.1:{self.http_port}"},
+            },
+            "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
+        }
+        for k, v in config.items():
+            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+                cfg[k] = {**cfg[k], **v}
+            else:
+                cfg[k] = v
+        self.config_path = self.dir / "config.yaml"
+        # JSON is valid YAML.
+        self.config_path.write_text(json.dumps(cfg, indent=2))
+        self.log_path = self.dir / "sidecar.log"
+        self.log = open(self.log_path, "w")
+        full_env = {**os.environ, "RUST_LOG": "info", **(env or {})}
+        self.proc = subprocess.Popen(
+            [str(BINARY), "sidecar", "--config", str(self.config_path)],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
+        )
+        wait_until(lambda: self.alive() and http("GET", self.admin + "/healthz")[0] == 200, timeout=30, what="sidecar /healthz")
+
+    def alive(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"sidecar exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+        return True
+
+    @property
+    def admin(self):
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def grpc_endpoint(self):
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_base(self):
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def metric(self, name: str, **labels) -> float:
+        """Sum of a /metrics series matching the labels."""
+        status, text = http("GET", self.admin + "/metrics")
+        assert status == 200
+        total = 0.0
+        for line in str(text).splitlines():
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            series = head[len(name):]
+            if series and not series.startswith("{"):
+                continue
+            if all(f'{k}="{v}"' in series for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def stop(self, expect_code=0):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                code = self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise AssertionError("sidecar did not stop within 30 s of SIGTERM")
+        else:
+            code = self.proc.returncode
+        self.log.close()
+        assert code == expect_code, f"sidecar exit code {code}:\n{self.log_path.read_text()[-3000:]}"
+
+
+@pytest.fixture
+def sidecar_factory(workdir):
+    started = []
+
+    def make(config, env=None):
+        s = Sidecar(workdir, config, env)
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(timeout=10)
+
+
+def es_count(url: str, index: str, query: dict | None = None) -> int:
+    http("POST", f"{url}/{index}/_refresh")
+    body = {"query": query} if query else None
+    status, resp = http("POST" if body else "GET", f"{url}/{index}/_count", body)
+    if status == 404:
+        return 0
+    assert status == 200, resp
+    return resp["count"]
+
+
+def es_search(url: str, index: str, query: dict, size: int = 10000) -> list:
+    http("POST", f"{url}/{index}/_refresh")
+    status, resp = http("POST", f"{url}/{index}/_search", {"query": query, "size": size})
+    assert status == 200, resp
+    return [h["_source"] | {"_id": h["_id"]} for h in resp["hits"]["hits"]]
+
+
+class GatedProxy:
+    """A TCP forwarder to a real server that refuses connections until opened:
+    Elasticsearch that is down, then comes back."""
+
+    def __init__(self, target_port: int):
+        self.port = free_port()
+        self.target = target_port
+        self._sock = None
+        self._stop = threading.Event()
+
+    def open(self):
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", self.port))
+        self._sock.listen(64)
+        self._sock.settimeout(0.2)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self._stop.is_set():
+            try:
+                client, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self._stop.set()
+        if self._sock:
+            self._sock.close()
