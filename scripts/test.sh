@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command: lint, unit and integration tests (Rust), end-to-end tests
+# (the real OpenTelemetry Python SDK against the real binary and real
+# Elasticsearch-compatible servers). Installs what it needs when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "python test dependencies"
+python3 -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+
+if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
+  step "cargo-nextest missing: installing"
+  cargo install --locked cargo-nextest
+fi
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo build"
+cargo build --locked
+
+step "cargo nextest (unit + integration)"
+cargo nextest run --locked --no-fail-fast
+
+step "end-to-end (pytest)"
+python3 -m pytest tests/e2e -q -p no:cacheprovider
