@@ -67,7 +67,7 @@ pub struct SeriesState {
 impl SeriesState {
     /// Turns the point into the value to score; `None` when there is nothing
     /// to score yet (first point of a cumulative series, empty histogram delta).
-    fn to_scored(&mut self, v: PointValue) -> Option<(f64, &'static str)> {
+    fn scored_value(&mut self, v: PointValue) -> Option<(f64, &'static str)> {
         match v {
             PointValue::Gauge(x) => Some((x, "value")),
             PointValue::DeltaSum(x) => Some((x, "delta")),
@@ -163,7 +163,7 @@ impl MetricDetector {
     pub fn observe(&mut self, key: KeyHash, value: PointValue) -> Option<Verdict> {
         let p = self.params;
         let (st, _overflow) = self.series.get_or_insert(key, SeriesState::default);
-        let (x, what) = st.to_scored(value)?;
+        let (x, what) = st.scored_value(value)?;
         if !x.is_finite() {
             return None;
         }
