@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
 use super::{AnomalyFeed, AnomalyNote, Payload};
@@ -199,11 +200,7 @@ impl Processor {
     ) -> Vec<Doc> {
         let mut docs = Vec::new();
         for rs in &req.resource_spans {
-            let resource = rs.resource.as_ref();
-            let service = resource
-                .and_then(|r| attr_str(&r.attributes, "service.name"))
-                .unwrap_or(UNKNOWN_SERVICE);
-            let res_json = encode_resource(resource, &rs.schema_url);
+            let (service, res_json) = resource_parts(rs.resource.as_ref(), &rs.schema_url);
             for ss in &rs.scope_spans {
                 let scope_json = encode_scope(ss.scope.as_ref(), &ss.schema_url);
                 let shared = Shared {
@@ -246,11 +243,7 @@ impl Processor {
         let mut docs = Vec::new();
         let mut attrs_json = Vec::with_capacity(128);
         for rm in &req.resource_metrics {
-            let resource = rm.resource.as_ref();
-            let service = resource
-                .and_then(|r| attr_str(&r.attributes, "service.name"))
-                .unwrap_or(UNKNOWN_SERVICE);
-            let res_json = encode_resource(resource, &rm.schema_url);
+            let (service, res_json) = resource_parts(rm.resource.as_ref(), &rm.schema_url);
             for sm in &rm.scope_metrics {
                 let scope_json = encode_scope(sm.scope.as_ref(), &sm.schema_url);
                 let shared = Shared {
@@ -362,11 +355,7 @@ impl Processor {
         let mut docs = Vec::new();
         let mut encoded = Vec::with_capacity(256);
         for rl in &req.resource_logs {
-            let resource = rl.resource.as_ref();
-            let service = resource
-                .and_then(|r| attr_str(&r.attributes, "service.name"))
-                .unwrap_or(UNKNOWN_SERVICE);
-            let res_json = encode_resource(resource, &rl.schema_url);
+            let (service, res_json) = resource_parts(rl.resource.as_ref(), &rl.schema_url);
             for sl in &rl.scope_logs {
                 let scope_json = encode_scope(sl.scope.as_ref(), &sl.schema_url);
                 let shared = Shared {
@@ -401,6 +390,14 @@ impl Processor {
         }
         docs
     }
+}
+
+/// The service name and the encoded `resource` object of one resource.
+fn resource_parts<'a>(resource: Option<&'a Resource>, schema_url: &str) -> (&'a str, Vec<u8>) {
+    let service = resource
+        .and_then(|r| attr_str(&r.attributes, "service.name"))
+        .unwrap_or(UNKNOWN_SERVICE);
+    (service, encode_resource(resource, schema_url))
 }
 
 fn number(v: Option<number_data_point::Value>) -> f64 {
