@@ -27,5 +27,8 @@ cargo build --locked
 step "cargo nextest (unit + integration)"
 cargo nextest run --locked --no-fail-fast
 
+step "helm charts (lint, render, kubernetes schemas, bad values)"
+bash scripts/helm-check.sh
+
 step "end-to-end (pytest)"
 python3 -m pytest tests/e2e -q -p no:cacheprovider

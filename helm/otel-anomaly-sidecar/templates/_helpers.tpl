@@ -1,0 +1,189 @@
+{{/* Chart name. */}}
+{{- define "otel-anomaly-sidecar.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release-chart, truncated to 63 characters (DNS label). */}}
+{{- define "otel-anomaly-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the headless Service (leaves room for the suffix). */}}
+{{- define "otel-anomaly-sidecar.headlessName" -}}
+{{- printf "%s-headless" (include "otel-anomaly-sidecar.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "otel-anomaly-sidecar.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "otel-anomaly-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "otel-anomaly-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: sidecar
+{{- end }}
+
+{{- define "otel-anomaly-sidecar.labels" -}}
+helm.sh/chart: {{ include "otel-anomaly-sidecar.chart" . }}
+{{ include "otel-anomaly-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: otel-anomaly
+{{- end }}
+
+{{- define "otel-anomaly-sidecar.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "otel-anomaly-sidecar.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "otel-anomaly-sidecar.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Paths inside the pod. */}}
+{{- define "otel-anomaly-sidecar.configDir" -}}/etc/otel-anomaly{{- end }}
+{{- define "otel-anomaly-sidecar.apiKeyFile" -}}/etc/otel-anomaly/secrets/elasticsearch-api-key{{- end }}
+{{- define "otel-anomaly-sidecar.passwordFile" -}}/etc/otel-anomaly/secrets/elasticsearch-password{{- end }}
+{{- define "otel-anomaly-sidecar.caFile" -}}/etc/otel-anomaly/secrets/elasticsearch-ca.crt{{- end }}
+
+{{/* host:port for a listener; IPv6 hosts get brackets. */}}
+{{- define "otel-anomaly-sidecar.listen" -}}
+{{- $host := .host -}}
+{{- if contains ":" $host }}{{ $host = printf "[%s]" $host }}{{ end -}}
+{{- printf "%s:%d" $host (int .port) -}}
+{{- end }}
+
+{{/*
+Checks across values, with plain messages (values.schema.json checks each value).
+*/}}
+{{- define "otel-anomaly-sidecar.validate" -}}
+{{- $v := .Values }}
+{{- if and $v.persistence.enabled (or $v.autoscaling.enabled (gt (int $v.replicaCount) 1)) }}
+{{- fail "persistence.enabled needs a single replica (replicaCount: 1, autoscaling.enabled: false): replicas must not share one data_dir. Use the default emptyDir with more replicas." }}
+{{- end }}
+{{- $ports := list (int $v.admin.port) }}
+{{- if $v.receivers.grpc.enabled }}{{ $ports = append $ports (int $v.receivers.grpc.port) }}{{ end }}
+{{- if $v.receivers.http.enabled }}{{ $ports = append $ports (int $v.receivers.http.port) }}{{ end }}
+{{- if ne (len $ports) (len (uniq $ports)) }}
+{{- fail (printf "receivers.grpc.port, receivers.http.port and admin.port must differ (got %v)" $ports) }}
+{{- end }}
+{{- if not (or $v.receivers.grpc.enabled $v.receivers.http.enabled) }}
+{{- fail "enable at least one of receivers.grpc and receivers.http" }}
+{{- end }}
+{{- if lt (int $v.config.receiver.max_decompressed_bytes) (int $v.config.receiver.max_request_bytes) }}
+{{- fail "config.receiver.max_decompressed_bytes must be at least config.receiver.max_request_bytes" }}
+{{- end }}
+{{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) }}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- $es := $v.elasticsearch }}
+{{- if $es.enabled }}
+{{- if and $es.urls $es.cloudId }}
+{{- fail "give elasticsearch.urls or elasticsearch.cloudId, not both" }}
+{{- end }}
+{{- if not (or $es.urls $es.cloudId) }}
+{{- fail "elasticsearch.enabled needs elasticsearch.urls (or elasticsearch.cloudId)" }}
+{{- end }}
+{{- if and $es.apiKey.existingSecret $es.basicAuth.username }}
+{{- fail "give elasticsearch.apiKey or elasticsearch.basicAuth, not both" }}
+{{- end }}
+{{- if and $es.basicAuth.username (not $es.basicAuth.existingSecret) }}
+{{- fail "elasticsearch.basicAuth.username needs elasticsearch.basicAuth.existingSecret (the Secret holding the password)" }}
+{{- end }}
+{{- if and $es.basicAuth.existingSecret (not $es.basicAuth.username) }}
+{{- fail "elasticsearch.basicAuth.existingSecret needs elasticsearch.basicAuth.username" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The sidecar's configuration file. Chart-owned keys are merged over `config`
+(values.schema.json keeps `config` from naming them).
+*/}}
+{{- define "otel-anomaly-sidecar.config" -}}
+{{- $v := .Values }}
+{{- $owned := dict "environment" $v.environment "data_dir" $v.persistence.mountPath }}
+{{- if $v.cluster }}{{ $_ := set $owned "cluster" $v.cluster }}{{ end }}
+{{- $host := $v.receivers.listenHost }}
+{{- $receiver := dict
+  "grpc" (dict "enabled" $v.receivers.grpc.enabled "listen" (include "otel-anomaly-sidecar.listen" (dict "host" $host "port" $v.receivers.grpc.port)))
+  "http" (dict "enabled" $v.receivers.http.enabled "listen" (include "otel-anomaly-sidecar.listen" (dict "host" $host "port" $v.receivers.http.port))) }}
+{{- $_ := set $owned "receiver" $receiver }}
+{{- $_ := set $owned "admin" (dict "listen" (include "otel-anomaly-sidecar.listen" (dict "host" $host "port" $v.admin.port))) }}
+{{- if $v.elasticsearch.enabled }}
+{{- $es := $v.elasticsearch }}
+{{- $out := dict "mode" $es.mode "dataset" $es.dataset "setup" $es.setup "compatibility_header" $es.compatibilityHeader "bulk" (deepCopy $es.bulk) }}
+{{- if $es.cloudId }}
+{{- $_ := set $out "cloud_id" $es.cloudId }}
+{{- $_ := set $out "urls" (list) }}
+{{- else }}
+{{- $_ := set $out "urls" $es.urls }}
+{{- end }}
+{{- if $es.apiKey.existingSecret }}
+{{- $_ := set $out "api_key_file" (include "otel-anomaly-sidecar.apiKeyFile" .) }}
+{{- end }}
+{{- if $es.basicAuth.username }}
+{{- $_ := set $out "username" $es.basicAuth.username }}
+{{- $_ := set $out "password_file" (include "otel-anomaly-sidecar.passwordFile" .) }}
+{{- end }}
+{{- if $es.tls.ca.existingSecret }}
+{{- $_ := set $out "ca_file" (include "otel-anomaly-sidecar.caFile" .) }}
+{{- end }}
+{{- $_ := set $owned "export" (dict "elasticsearch" $out) }}
+{{- end }}
+{{- toYaml (mustMergeOverwrite (deepCopy $v.config) $owned) }}
+{{- end }}
+
+{{/*
+True when /readyz could never turn ready: with export.elasticsearch.setup off the
+sidecar is ready only after its first successful bulk request, which cannot come
+while the Service sends it no traffic because it is not ready.
+*/}}
+{{- define "otel-anomaly-sidecar.readyzDeadlock" -}}
+{{- $es := .Values.elasticsearch }}
+{{- $probe := .Values.readinessProbe.httpGet | default dict }}
+{{- if and $es.enabled (not $es.setup) (eq ($probe.path | toString) "/readyz") }}true{{ end }}
+{{- end }}
+
+{{/* The readiness probe: /readyz, or /healthz in the case above. */}}
+{{- define "otel-anomaly-sidecar.readinessProbe" -}}
+{{- $probe := deepCopy .Values.readinessProbe }}
+{{- if include "otel-anomaly-sidecar.readyzDeadlock" . }}
+{{- $_ := set $probe.httpGet "path" "/healthz" }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}
+
+{{/* OTLP ports of the Services. */}}
+{{- define "otel-anomaly-sidecar.otlpPorts" -}}
+{{- if .Values.receivers.grpc.enabled }}
+- name: otlp-grpc
+  port: {{ .Values.receivers.grpc.port }}
+  targetPort: otlp-grpc
+  protocol: TCP
+  appProtocol: grpc
+{{- end }}
+{{- if .Values.receivers.http.enabled }}
+- name: otlp-http
+  port: {{ .Values.receivers.http.port }}
+  targetPort: otlp-http
+  protocol: TCP
+  appProtocol: http
+{{- end }}
+{{- end }}
