@@ -124,8 +124,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         Some(es) => {
             let exp = EsExporter::new(&cfg, es)?;
             if !es.setup {
-                // Without a setup call, readiness waits for the first successful bulk request.
-                tracing::info!("index template setup disabled");
+                tracing::info!(
+                    "index template setup disabled; readiness follows GET / of the cluster"
+                );
             }
             tokio::spawn(elasticsearch::run(
                 exp,

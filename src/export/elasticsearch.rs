@@ -164,13 +164,41 @@ impl EsExporter {
                     "installing index template {name} failed ({status}): {}",
                     text.chars().take(300).collect::<String>()
                 );
+                // 403: the key may write documents but not manage templates;
+                // go on without them rather than never becoming ready.
                 return Err(match status {
-                    408 | 429 | 500..=599 | 401 | 403 => SetupError::Retry(msg),
+                    408 | 429 | 500..=599 | 401 => SetupError::Retry(msg),
                     _ => SetupError::Rejected(msg),
                 });
             }
         }
         Ok(())
+    }
+
+    /// Checks that the cluster answers (`GET /`), for readiness when the template setup is off.
+    pub async fn ping(&self) -> Result<(), SetupError> {
+        let resp = self
+            .transport
+            .send(
+                Method::Get,
+                "/",
+                HeaderMap::new(),
+                None::<&()>,
+                None::<()>,
+                None,
+            )
+            .await
+            .map_err(|e| SetupError::Retry(format!("cannot reach Elasticsearch: {e}")))?;
+        match resp.status_code().as_u16() {
+            200..=299 => Ok(()),
+            s @ (408 | 429 | 500..=599 | 401) => Err(SetupError::Retry(format!(
+                "Elasticsearch answered {s} to GET /"
+            ))),
+            // Reached; a 403/404 on the root (restricted keys, proxies) does not stop bulk writes.
+            s => Err(SetupError::Rejected(format!(
+                "Elasticsearch answered {s} to GET /"
+            ))),
+        }
     }
 
     /// Sends one bulk body; returns the HTTP status and reply body.
@@ -352,11 +380,18 @@ pub async fn run(
     hard_stop: CancellationToken,
 ) {
     let es = exp.settings.clone();
-    if es.setup {
+    {
         let mut attempt = 0;
         loop {
+            let check = async {
+                if es.setup {
+                    exp.setup().await
+                } else {
+                    exp.ping().await
+                }
+            };
             tokio::select! {
-                r = exp.setup() => match r {
+                r = check => match r {
                     Ok(()) => {
                         ctx.health.set_ready();
                         ctx.metrics.ready.set(1);
@@ -364,15 +399,15 @@ pub async fn run(
                         break;
                     }
                     Err(SetupError::Rejected(e)) => {
-                        // Reached, but the template was refused: documents still index with dynamic mappings.
+                        // Reached, but the request was refused: documents still index with dynamic mappings.
                         ctx.health.set_ready();
                         ctx.metrics.ready.set(1);
-                        tracing::error!(error = %e, "index template refused; continuing without it (set export.elasticsearch.setup: false to skip)");
+                        tracing::error!(error = %e, "elasticsearch reached but refused the start-up request; continuing (set export.elasticsearch.setup: false to skip templates)");
                         break;
                     }
                     Err(SetupError::Retry(e)) => {
                         attempt += 1;
-                        tracing::warn!(error = %e, attempt, "elasticsearch setup failed; retrying (data waits in the queue)");
+                        tracing::warn!(error = %e, attempt, "elasticsearch not reached yet; retrying (data waits in the queue)");
                     }
                 },
                 _ = hard_stop.cancelled() => break,
