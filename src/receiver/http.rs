@@ -253,15 +253,13 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    // Decide on the bytes actually read, not on Content-Length (absent when chunked).
+    let small = raw.len() <= INLINE_DECODE_BYTES;
     let work = move || -> Result<T, DecodeError> {
         let body = decompress(raw, encoding.as_deref(), limits.max_decompressed_bytes)?;
         decode::<T>(&body, format)
     };
-    let decoded = if headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_some_and(|n| n <= INLINE_DECODE_BYTES)
-    {
+    let decoded = if small {
         work()
     } else {
         match tokio::task::spawn_blocking(work).await {
