@@ -1,7 +1,7 @@
 //! Log detector: the rate of error-or-worse records per service, judged like
 //! span errors (binomial test of this interval against the baseline rate).
 
-use super::keys::{key_hash, BoundedMap};
+use super::keys::{key_hash, BoundedMap, MapSnapshot};
 use super::rate::{RateParams, RateState};
 use super::{Explanation, Verdict};
 
@@ -22,6 +22,16 @@ impl LogDetector {
             params,
             services: BoundedMap::new(max_services),
         }
+    }
+
+    /// The detector's state, for a snapshot.
+    pub fn snapshot(&self) -> MapSnapshot<&RateState> {
+        self.services.snapshot()
+    }
+
+    /// Adds the services of a snapshot to the detector.
+    pub fn restore(&mut self, snap: MapSnapshot<RateState>) {
+        self.services.restore_snapshot(snap);
     }
 
     /// Scores one log record of `service` at `time_ns`.
