@@ -372,7 +372,7 @@ impl Processor {
                 })
                 .inc();
             if e.status == EventStatus::Opened {
-                tracing::warn!(
+                tracing::info!(
                     service = %e.service,
                     span = %e.name,
                     signal = e.signal.as_str(),
