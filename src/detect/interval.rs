@@ -248,6 +248,15 @@ struct TestResult {
 }
 
 impl IntervalState {
+    /// Continues after a gap (restart, trained history): the interval in
+    /// progress and the gap are not judged; baselines and an open event stay.
+    pub fn resume(&mut self) {
+        self.start_ns = 0;
+        self.cur = Counts::default();
+        self.prev = [Counts::default(); WINDOW - 1];
+        self.max_duration_us = 0.0;
+    }
+
     /// Start of the current interval, ns (0 before the first span).
     pub fn start_ns(&self) -> u64 {
         self.start_ns

@@ -129,6 +129,14 @@ impl<V> BoundedMap<V> {
         self.map.iter().map(|(k, (v, s))| (*k, v, *s))
     }
 
+    /// Every tracked state, mutable, the overflow state included.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.map
+            .values_mut()
+            .map(|(v, _)| v)
+            .chain(self.overflow.iter_mut())
+    }
+
     /// Every tracked key with its mutable state.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (KeyHash, &mut V)> {
         self.map.iter_mut().map(|(k, (v, _))| (*k, v))

@@ -29,9 +29,12 @@ impl LogDetector {
         self.services.snapshot()
     }
 
-    /// Adds the services of a snapshot to the detector.
+    /// Adds the services of a snapshot to the detector, continuing after a gap.
     pub fn restore(&mut self, snap: MapSnapshot<RateState>) {
         self.services.restore_snapshot(snap);
+        for st in self.services.values_mut() {
+            st.resume();
+        }
     }
 
     /// Scores one log record of `service` at `time_ns`.

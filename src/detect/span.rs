@@ -112,6 +112,16 @@ impl SpanKeyState {
         }
     }
 
+    /// Prepares a restored state for a stream that continues after a gap
+    /// (a restart, or history from `train`): the gap is neither decayed nor
+    /// judged as empty intervals. Downtime is not evidence that the old
+    /// baseline is wrong, nor a throughput drop.
+    pub fn resume(&mut self) {
+        self.last_decay_ns = 0;
+        self.errors.resume();
+        self.interval.resume();
+    }
+
     /// Approximate memory of this key in bytes.
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.latency_us.memory_bytes()
@@ -253,6 +263,13 @@ impl SpanDetector {
     /// Adds the keys of a snapshot to the detector.
     pub fn restore(&mut self, snap: MapSnapshot<SpanKeyState>) {
         self.keys.restore_snapshot(snap);
+    }
+
+    /// Marks every key as continuing after a gap (see `SpanKeyState::resume`).
+    pub fn resume(&mut self) {
+        for st in self.keys.values_mut() {
+            st.resume();
+        }
     }
 
     /// Scores one span and learns from it.
@@ -399,6 +416,44 @@ mod tests {
         assert!(mean(&other) < 2.0, "unshifted mean {}", mean(&other));
         let high_other = other.iter().filter(|s| **s >= 50.0).count();
         assert!(high_other <= 1, "{high_other} unshifted spans scored ≥ 50");
+    }
+
+    #[test]
+    fn a_resumed_key_keeps_its_baseline_across_a_gap_and_judges_no_empty_intervals() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let run = |d: &mut SpanDetector, rng: &mut StdRng, from: u64, n: u64| {
+            let mut t = from;
+            let mut last = Verdict::cold_start(0, 0);
+            for _ in 0..n {
+                t += 20 * MS;
+                let dur = lognormal(rng, 40.0, 0.3) * MS as f64;
+                last = d.observe(&span("GET /cart", t, dur as u64, false));
+            }
+            (t, last)
+        };
+        let mut d = SpanDetector::new(SpanParams::default());
+        let (t, _) = run(&mut d, &mut rng, 1_700_000_000 * S, 30_000);
+        let mut events = Vec::new();
+        d.drain_events(&mut events);
+        let snap = crate::detect::snapshot::encode_map(&d.snapshot());
+        // Two hours later (a restart, or a model trained from history).
+        let later = t + 7_200 * S;
+        let mut cold = SpanDetector::new(SpanParams::default());
+        cold.restore(crate::detect::snapshot::decode_map(&snap).expect("decodes"));
+        let mut resumed = SpanDetector::new(SpanParams::default());
+        resumed.restore(crate::detect::snapshot::decode_map(&snap).expect("decodes"));
+        resumed.resume();
+        let (_, v) = run(&mut resumed, &mut rng, later, 1);
+        assert_ne!(v.severity, Severity::ColdStart, "the baseline survived the gap");
+        let (_, v) = run(&mut cold, &mut rng, later, 1);
+        assert_eq!(
+            v.severity,
+            Severity::ColdStart,
+            "without resume, two hours decay a 10-minute baseline away"
+        );
+        run(&mut resumed, &mut rng, later, 3_000);
+        resumed.drain_events(&mut events);
+        assert!(events.is_empty(), "the gap is not a throughput drop: {events:?}");
     }
 
     #[test]

@@ -175,6 +175,10 @@ impl Detectors {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .restore(logs);
+        // The stream continues after a gap (the restart itself).
+        for shard in &self.spans {
+            shard.lock().unwrap_or_else(|p| p.into_inner()).resume();
+        }
         Ok(counts)
     }
 
