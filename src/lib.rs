@@ -12,5 +12,6 @@ pub mod faultbench;
 pub mod nab;
 pub mod pipeline;
 pub mod receiver;
+pub mod replay_otlp;
 pub mod sidecar;
 pub mod telemetry;

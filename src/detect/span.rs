@@ -444,7 +444,11 @@ mod tests {
         resumed.restore(crate::detect::snapshot::decode_map(&snap).expect("decodes"));
         resumed.resume();
         let (_, v) = run(&mut resumed, &mut rng, later, 1);
-        assert_ne!(v.severity, Severity::ColdStart, "the baseline survived the gap");
+        assert_ne!(
+            v.severity,
+            Severity::ColdStart,
+            "the baseline survived the gap"
+        );
         let (_, v) = run(&mut cold, &mut rng, later, 1);
         assert_eq!(
             v.severity,
@@ -453,7 +457,10 @@ mod tests {
         );
         run(&mut resumed, &mut rng, later, 3_000);
         resumed.drain_events(&mut events);
-        assert!(events.is_empty(), "the gap is not a throughput drop: {events:?}");
+        assert!(
+            events.is_empty(),
+            "the gap is not a throughput drop: {events:?}"
+        );
     }
 
     #[test]
