@@ -3,6 +3,7 @@
 //! Data flows one way: receiver → pipeline → detect → enrich → export.
 //! Detectors never import receivers or exporters.
 
+pub mod aggregator;
 pub mod config;
 pub mod demo;
 pub mod detect;
@@ -10,6 +11,7 @@ pub mod enrich;
 pub mod export;
 pub mod nab;
 pub mod pipeline;
+pub mod push;
 pub mod receiver;
 pub mod sidecar;
 pub mod telemetry;

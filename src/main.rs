@@ -34,6 +34,15 @@ enum Command {
         /// Configuration file (YAML).
         file: PathBuf,
     },
+    /// Run the aggregator: push API for sidecars, incidents, REST API, dashboard, alerts.
+    Aggregator {
+        /// Aggregator configuration file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Check the configuration, print it and exit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run the sidecar on embedded defaults with synthetic services and an injected latency fault.
     Demo {
         /// Stop after this long (e.g. 3m, 90s).
@@ -129,6 +138,19 @@ async fn wait_for_signal() {
 async fn run_sidecar(cfg: Config) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let running = otel_anomaly::sidecar::start(cfg, token.clone()).await?;
+    wait_for_signal().await;
+    token.cancel();
+    running.done.await.context("shutdown task failed")?;
+    Ok(())
+}
+
+async fn run_aggregator(
+    cfg: otel_anomaly::aggregator::config::AggregatorConfig,
+) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let running = otel_anomaly::aggregator::start(cfg, token.clone()).await?;
+    println!("push api   {}", running.grpc_addr);
+    println!("dashboard  http://{}/", running.http_addr);
     wait_for_signal().await;
     token.cancel();
     running.done.await.context("shutdown task failed")?;
@@ -240,6 +262,22 @@ fn main() -> ExitCode {
             };
             otel_anomaly::telemetry::init_logs(&cfg.settings.log, rust_log().as_deref());
             runtime().and_then(|rt| rt.block_on(run_sidecar(cfg)))
+        }
+        Command::Aggregator { config, check } => {
+            let cfg = match otel_anomaly::aggregator::config::load(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if *check {
+                println!("{}: ok", cfg.source);
+                println!("{:#?}", cfg.settings);
+                return ExitCode::SUCCESS;
+            }
+            otel_anomaly::telemetry::init_logs(&cfg.settings.log, rust_log().as_deref());
+            runtime().and_then(|rt| rt.block_on(run_aggregator(cfg)))
         }
         Command::Demo {
             duration,

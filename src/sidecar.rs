@@ -38,6 +38,8 @@ pub enum StartError {
     Elasticsearch(#[from] elasticsearch::EsError),
     #[error("cannot start scoring worker: {0}")]
     Worker(std::io::Error),
+    #[error(transparent)]
+    Push(#[from] crate::push::PushError),
 }
 
 /// Batches that may wait for a scoring worker (records are capped separately by admission).
@@ -75,6 +77,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let push = crate::push::start_from_config(&cfg, &mut registry, shutdown.clone())?;
     let health = Arc::new(Health::default());
     let feed = Arc::new(AnomalyFeed::default());
 
@@ -172,6 +175,31 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         workers.push(handle);
     }
     drop((work_rx, export_tx));
+
+    // Anomaly events and heartbeats to the aggregator.
+    let push_task = push.map(|(handle, task)| {
+        let (p, a) = (processor.clone(), admission.clone());
+        let stats = move || {
+            let (span_keys, _, series, _) = p.detectors().stats();
+            crate::push::SidecarStats {
+                keys_tracked: (span_keys + series) as u64,
+                queue_depth: a.queued() as u64,
+                export_lag_seconds: 0.0,
+            }
+        };
+        let cluster = s.cluster.clone().unwrap_or_default();
+        let every = s.push.heartbeat_interval.min(Duration::from_secs(10));
+        crate::push::bridge::spawn(
+            feed.clone(),
+            handle,
+            s.environment.clone(),
+            cluster,
+            every,
+            stats,
+            shutdown.clone(),
+        );
+        task
+    });
 
     // Receivers and admin.
     let stop_accepting = shutdown.child_token();
@@ -295,6 +323,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
                 records = unsent,
                 "records not delivered before the shutdown deadline (shutdown_timeout)"
             );
+        }
+        if let Some(task) = push_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         admin_token.cancel();
         let _ = admin.await;
