@@ -61,6 +61,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// Health.
     pub health: Arc<Health>,
+    /// Producer side of the aggregator push client, when `push.url` is set.
+    pub push: Option<crate::push::PushHandle>,
     /// Resolves when the staged shutdown is complete.
     pub done: JoinHandle<()>,
 }
@@ -177,6 +179,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     drop((work_rx, export_tx));
 
     // Anomaly events and heartbeats to the aggregator.
+    let push_handle = push.as_ref().map(|(handle, _)| handle.clone());
     let push_task = push.map(|(handle, task)| {
         let (p, a) = (processor.clone(), admission.clone());
         let stats = move || {
@@ -342,6 +345,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         feed,
         metrics,
         health,
+        push: push_handle,
         done,
     })
 }
