@@ -91,10 +91,11 @@ async fn am_alerts(url: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-fn with_incident<'a>(alerts: &'a [serde_json::Value], id: i64) -> Option<&'a serde_json::Value> {
+fn with_incident(alerts: &[serde_json::Value], id: i64) -> Option<&serde_json::Value> {
+    let want = id.to_string();
     alerts
         .iter()
-        .find(|a| a["labels"]["incident_id"] == id.to_string())
+        .find(|a| a["labels"]["incident_id"].as_str() == Some(want.as_str()))
 }
 
 /// A webhook receiver that answers 500 to the first `fail_first` requests.
