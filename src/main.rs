@@ -180,11 +180,38 @@ async fn run_demo(
     let es = s.export.elasticsearch.as_ref().map(|e| e.urls.join(","));
     let out_dir = cfg.file_dir();
     let token = CancellationToken::new();
+    // The aggregator and a second environment's sidecar (issue 5).
+    let second_env = if environment == "staging" {
+        "dev"
+    } else {
+        "staging"
+    }
+    .to_string();
+    let agg = otel_anomaly::aggregator::demo::start_demo(
+        &cfg.settings.data_dir.join("aggregator"),
+        &[environment.clone(), second_env.clone()],
+        loopback(None),
+        token.clone(),
+    )
+    .await?;
+    let mut cfg2 = cfg.clone();
+    for (c, env) in [(&mut cfg, &environment), (&mut cfg2, &second_env)] {
+        otel_anomaly::push::config::enable(c, agg.grpc_url(), agg.tokens[env.as_str()].clone())?;
+    }
+    cfg2.settings.environment = second_env.clone();
+    let s2 = &mut cfg2.settings;
+    (
+        s2.receiver.grpc.listen,
+        s2.receiver.http.listen,
+        s2.admin.listen,
+    ) = (loopback(None), loopback(None), loopback(None));
+    let running2 = otel_anomaly::sidecar::start(cfg2, token.clone()).await?;
     let running = otel_anomaly::sidecar::start(cfg, token.clone()).await?;
     let grpc = running
         .grpc_addr
         .context("the demo needs the gRPC receiver")?;
-    println!("otel-anomaly demo (environment {environment:?})");
+    println!("otel-anomaly demo (environments {environment:?} and {second_env:?})");
+    println!("  dashboard  {}", agg.dashboard_url());
     println!("  OTLP/gRPC  {grpc}");
     if let Some(h) = running.http_addr {
         println!("  OTLP/HTTP  http://{h}/v1/traces");
@@ -205,6 +232,15 @@ async fn run_demo(
         grpc,
         fault_after,
         environment,
+        traffic_stop.clone(),
+    ));
+    // The second environment's fault comes 30 s later.
+    let traffic2 = tokio::spawn(otel_anomaly::demo::run_traffic(
+        running2
+            .grpc_addr
+            .context("the demo needs the gRPC receiver")?,
+        fault_after + Duration::from_secs(30),
+        second_env,
         traffic_stop.clone(),
     ));
     let started = Instant::now();
@@ -229,8 +265,15 @@ async fn run_demo(
         Err(e) => eprintln!("demo traffic task failed: {e}"),
         Ok(Ok(())) => {}
     }
+    match traffic2.await {
+        Ok(Err(e)) => eprintln!("demo traffic failed: {e}"),
+        Err(e) => eprintln!("demo traffic task failed: {e}"),
+        Ok(Ok(())) => {}
+    }
     token.cancel();
     running.done.await.context("shutdown task failed")?;
+    running2.done.await.context("shutdown task failed")?;
+    agg.running.done.await.context("shutdown task failed")?;
     println!("demo finished; documents are in {}", out_dir.display());
     Ok(())
 }

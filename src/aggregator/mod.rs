@@ -10,6 +10,7 @@ pub mod alert;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod grpc;
 pub mod store;
 

@@ -105,3 +105,18 @@ pub(crate) fn validate(p: &PushSettings) -> Result<Option<Secret>, ConfigError> 
     };
     read_secret("push.token_file", token_file).map(Some)
 }
+
+/// Turns push on in a checked configuration (the demo's wiring): sets the URL and token file and reads the token.
+pub fn enable(
+    cfg: &mut crate::config::Config,
+    url: String,
+    token_file: PathBuf,
+) -> Result<(), ConfigError> {
+    let mut push = cfg.settings.push.clone();
+    push.url = Some(url);
+    push.token_file = Some(token_file);
+    let token = validate(&push)?;
+    cfg.settings.push = push;
+    cfg.push_token = token;
+    Ok(())
+}
