@@ -251,6 +251,45 @@ http: {{listen: '127.0.0.1:0', anonymous: true, external_url: 'http://dash.examp
         "two failures, then success"
     );
 
+    // An escalation changes the severity label: the alert under the old label ends.
+    push(
+        &mut c,
+        Some(DEV_TOKEN),
+        vec![event("q-1", "dev", "queue", "queue / publish", 60.0)],
+    )
+    .await
+    .unwrap();
+    let queue = agg.get("/api/v1/incidents?service=queue").await.1[0]["id"]
+        .as_i64()
+        .unwrap();
+    let sev_of = |alerts: &[serde_json::Value], sev: &str| {
+        alerts.iter().any(|a| {
+            a["labels"]["incident_id"].as_str() == Some(queue.to_string().as_str())
+                && a["labels"]["severity"] == sev
+                && a["status"]["state"] == "active"
+        })
+    };
+    eventually("major queue alert", WAIT, || async {
+        sev_of(&am_alerts(&am_url).await, "major")
+    })
+    .await;
+    push(
+        &mut c,
+        Some(DEV_TOKEN),
+        vec![event("q-2", "dev", "queue", "queue / publish", 95.0)],
+    )
+    .await
+    .unwrap();
+    eventually(
+        "critical queue alert replaces the major one",
+        WAIT,
+        || async {
+            let a = am_alerts(&am_url).await;
+            sev_of(&a, "critical") && !sev_of(&a, "major")
+        },
+    )
+    .await;
+
     // No more events: after resolve_after the incident resolves, and so does the alert.
     eventually("incident resolved", WAIT, || async {
         agg.get(&format!("/api/v1/incidents/{cart}")).await.1["incident"]["state"] == "resolved"

@@ -191,6 +191,9 @@ pub fn spawn(
         // Hold an open alert for a few resend periods, so one missed resend does not resolve it.
         let hold = (settings.interval * 4).max(Duration::from_secs(60));
         let mut notified: HashMap<(usize, i64), (&'static str, &'static str)> = HashMap::new();
+        // Labels last sent to Alertmanager per open incident: when they change (a higher
+        // severity, a new top service), the alert under the old labels is ended.
+        let mut am_labels: HashMap<i64, serde_json::Value> = HashMap::new();
         let mut tick = tokio::time::interval(settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -214,9 +217,15 @@ pub fn spawn(
                 .map(|i| i.id)
                 .collect();
             if let (Some(am), Some(client)) = (&settings.alertmanager, &am_client) {
-                if !send_alertmanager(am, client, &incidents, &base_url, hold, &metrics, &stop)
-                    .await
-                {
+                let sent = AmBatch {
+                    am,
+                    client,
+                    base_url: &base_url,
+                    hold,
+                    metrics: &metrics,
+                    stop: &stop,
+                };
+                if !sent.send(&incidents, &mut am_labels).await {
                     // Resolutions are resent next time.
                     resolved_done.clear();
                 }
@@ -264,37 +273,74 @@ pub fn spawn(
     }))
 }
 
-async fn send_alertmanager(
-    am: &AlertmanagerSettings,
-    client: &reqwest::Client,
-    incidents: &[Incident],
-    base_url: &str,
+struct AmBatch<'a> {
+    am: &'a AlertmanagerSettings,
+    client: &'a reqwest::Client,
+    base_url: &'a str,
     hold: Duration,
-    metrics: &AggMetrics,
-    stop: &CancellationToken,
-) -> bool {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let alerts: Vec<serde_json::Value> = incidents
-        .iter()
-        .filter(|i| routed(&am.environments, am.min_severity.rank(), i))
-        .map(|i| alertmanager_alert(i, base_url, now_ms, hold))
-        .collect();
-    if alerts.is_empty() {
-        return true;
-    }
-    let url = format!("{}/api/v2/alerts", am.url.trim_end_matches('/'));
-    match post_with_retries(client, &url, &serde_json::Value::Array(alerts), 3, stop).await {
-        Ok(()) => {
-            metrics.delivery("alertmanager_ok");
-            true
+    metrics: &'a AggMetrics,
+    stop: &'a CancellationToken,
+}
+
+impl AmBatch<'_> {
+    /// Posts the routed incidents' alerts; returns whether Alertmanager took them.
+    async fn send(
+        &self,
+        incidents: &[Incident],
+        last_labels: &mut HashMap<i64, serde_json::Value>,
+    ) -> bool {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let routed: Vec<&Incident> = incidents
+            .iter()
+            .filter(|i| routed(&self.am.environments, self.am.min_severity.rank(), i))
+            .collect();
+        let mut alerts = Vec::with_capacity(routed.len());
+        let mut labels_now = Vec::with_capacity(routed.len());
+        for inc in &routed {
+            let alert = alertmanager_alert(inc, self.base_url, now_ms, self.hold);
+            if let Some(old) = last_labels.get(&inc.id) {
+                if *old != alert["labels"] {
+                    let mut ended = alert.clone();
+                    ended["labels"] = old.clone();
+                    ended["endsAt"] = json!(rfc3339_ms(now_ms));
+                    alerts.push(ended);
+                }
+            }
+            labels_now.push((inc.id, inc.state == "open", alert["labels"].clone()));
+            alerts.push(alert);
         }
-        Err(e) => {
-            metrics.delivery("alertmanager_failed");
-            tracing::warn!(error = %e, url = %url, "alertmanager delivery failed; will resend");
-            false
+        if alerts.is_empty() {
+            return true;
+        }
+        let url = format!("{}/api/v2/alerts", self.am.url.trim_end_matches('/'));
+        match post_with_retries(
+            self.client,
+            &url,
+            &serde_json::Value::Array(alerts),
+            3,
+            self.stop,
+        )
+        .await
+        {
+            Ok(()) => {
+                self.metrics.delivery("alertmanager_ok");
+                for (id, open, labels) in labels_now {
+                    if open {
+                        last_labels.insert(id, labels);
+                    } else {
+                        last_labels.remove(&id);
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                self.metrics.delivery("alertmanager_failed");
+                tracing::warn!(error = %e, url = %url, "alertmanager delivery failed; will resend");
+                false
+            }
         }
     }
 }

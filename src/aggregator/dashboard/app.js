@@ -210,10 +210,15 @@ function drawChart(box, events) {
     const d = pts.map((p) => `${x(p.t).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
     s.append(svg("polyline", { class: cls, points: d }));
   };
-  line("b", "baseline");
-  line("o", "observed");
+  // Events without values (only a score) are drawn on the score axis.
+  const hasValues = pts.some((p) => p.o || p.b);
+  if (hasValues) {
+    line("b", "baseline");
+    line("o", "observed");
+  }
   for (const p of pts) {
-    const c = svg("circle", { cx: x(p.t), cy: y(p.o), r: 4, fill: "var(--" + p.e.severity + ")" });
+    const cy = hasValues ? y(p.o) : ys(p.s);
+    const c = svg("circle", { cx: x(p.t), cy, r: 4, fill: "var(--" + p.e.severity + ")" });
     c.append(svg("title", {}, `${fmtTime(p.t)}: observed ${fmtNum(p.o, 2)} vs baseline ${fmtNum(p.b, 2)}, score ${fmtNum(p.s)}`));
     s.append(c);
   }
