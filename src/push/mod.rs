@@ -9,6 +9,7 @@
 
 pub mod bridge;
 pub mod config;
+pub mod edges;
 
 /// Generated types and client/server of `proto/otel_anomaly/push/v1/push.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
