@@ -35,7 +35,8 @@ fn authenticate<'a, T>(state: &'a AppState, req: &Request<T>) -> Result<&'a Toke
         .and_then(|v| v.to_str().ok());
     auth::sidecar(&state.tokens, header, SystemTime::now()).map_err(|e| {
         state.metrics.refused(match e {
-            AuthError::Missing | AuthError::Unknown | AuthError::Expired => "unauthenticated",
+            AuthError::Missing | AuthError::Unknown => "unauthenticated",
+            AuthError::Expired => "token_expired",
         });
         Status::unauthenticated(e.message())
     })
@@ -207,9 +208,13 @@ impl Push for PushService {
             state.metrics.refused("permission_denied");
             return Err(s);
         }
-        if hb.sidecar_id.is_empty() || hb.sidecar_id.len() > MAX_NAME || hb.edges.len() > 10_000 {
+        if hb.sidecar_id.is_empty()
+            || hb.sidecar_id.len() > MAX_NAME
+            || hb.edges.len() > crate::push::MAX_EDGES
+        {
             return Err(Status::invalid_argument(format!(
-                "sidecar_id must be 1 to {MAX_NAME} bytes and edges at most 10000"
+                "sidecar_id must be 1 to {MAX_NAME} bytes and edges at most {}",
+                crate::push::MAX_EDGES
             )));
         }
         let store = state.store.clone();

@@ -120,3 +120,65 @@ pub fn enable(
     cfg.push_token = token;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::config::{resolve, FlagOverrides};
+
+    fn with(pairs: &[(&str, &str)]) -> Result<crate::config::Config, crate::config::ConfigError> {
+        let env: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (format!("OTEL_ANOMALY_PUSH__{k}"), v.to_string()))
+            .collect();
+        resolve(None, &env, &FlagOverrides::default())
+    }
+
+    #[test]
+    fn off_by_default_and_checked_when_on() {
+        let cfg = with(&[]).unwrap();
+        assert_eq!(cfg.settings.push.url, None);
+        assert!(cfg.push_token.is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("t");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let t = token.display().to_string();
+        let cfg = with(&[
+            ("URL", "http://agg:4320"),
+            ("TOKEN_FILE", &t),
+            ("BUFFER_EVENTS", "7"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.push_token.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(cfg.settings.push.buffer_events, 7);
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+
+        let cases: [(&[(&str, &str)], &str); 6] = [
+            (&[("URL", "http://agg:4320")], "push.token_file"),
+            (&[("TOKEN_FILE", &t)], "push.url"),
+            (&[("URL", "ftp://agg"), ("TOKEN_FILE", &t)], "scheme"),
+            (
+                &[("URL", "http://agg"), ("TOKEN_FILE", &t), ("CA_FILE", &t)],
+                "push.ca_file",
+            ),
+            (
+                &[
+                    ("URL", "http://agg"),
+                    ("TOKEN_FILE", &t),
+                    ("BUFFER_EVENTS", "0"),
+                ],
+                "buffer_events",
+            ),
+            (
+                &[("URL", "http://agg"), ("TOKEN_FILE", "/nonexistent/token")],
+                "push.token_file",
+            ),
+        ];
+        for (pairs, key) in cases {
+            let err = with(pairs).unwrap_err().to_string();
+            assert!(err.contains(key), "{pairs:?}: {err}");
+        }
+    }
+}

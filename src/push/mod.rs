@@ -197,6 +197,9 @@ impl Shared {
     }
 }
 
+/// Most service edges a heartbeat carries (the aggregator's limit).
+pub const MAX_EDGES: usize = 10_000;
+
 /// The producer side: cheap to clone, never blocks on the network.
 #[derive(Clone)]
 pub struct PushHandle {
@@ -224,9 +227,12 @@ impl PushHandle {
             return;
         }
         if let Ok(mut edges) = self.shared.edges.lock() {
-            *edges
-                .entry((caller.to_string(), callee.to_string()))
-                .or_default() += calls;
+            let key = (caller.to_string(), callee.to_string());
+            // The aggregator takes at most MAX_EDGES per heartbeat; beyond, new pairs are ignored.
+            if edges.len() >= MAX_EDGES && !edges.contains_key(&key) {
+                return;
+            }
+            *edges.entry(key).or_default() += calls;
         }
     }
 
