@@ -470,6 +470,9 @@ async fn openapi_documents_every_route_and_every_documented_path_answers() {
         .as_i64()
         .unwrap();
     for p in &paths {
+        if doc["paths"][p.as_str()].get("get").is_none() {
+            continue;
+        }
         let url = agg.url(&p.replace("{id}", &id.to_string()).replace("{name}", "dev"));
         let r = agg
             .http

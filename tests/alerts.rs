@@ -148,8 +148,9 @@ alerts:
   alertmanager: {{url: '{am_url}', min_severity: major}}
   webhooks:
     - {{url: '{hook_url}', min_severity: critical, environments: [dev]}}
-http: {{listen: '127.0.0.1:0', anonymous: true, external_url: 'http://dash.example:8080'}}
-"
+http: {{listen: '127.0.0.1:0', anonymous: true, external_url: 'http://dash.example:8080', admin_token_file: '{admin}'}}
+",
+        admin = dir.path().join("admin.token").display()
     );
     let path = write_config(dir.path(), &extra);
     // The extra `http:` replaces the default one (YAML keeps the last key).
@@ -288,6 +289,74 @@ http: {{listen: '127.0.0.1:0', anonymous: true, external_url: 'http://dash.examp
             sev_of(&a, "critical") && !sev_of(&a, "major")
         },
     )
+    .await;
+
+    // A maintenance window set through the aggregator's API holds dev/billing back.
+    let window = serde_json::json!({
+        "kind": "maintenance", "environment": "dev", "service": "billing",
+        "ends_at": later, "comment": "db migration", "created_by": "test"
+    });
+    let http = reqwest::Client::new();
+    let r = http
+        .post(agg.url("/api/v1/silences"))
+        .json(&window)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "writes need the admin token");
+    let r = http
+        .post(agg.url("/api/v1/silences"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&window)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(created["active"], true);
+    let listed = agg.get("/api/v1/silences").await.1;
+    assert_eq!(listed[0]["comment"], "db migration");
+    push(
+        &mut c,
+        Some(DEV_TOKEN),
+        vec![event("b-1", "dev", "billing", "billing / invoice", 97.0)],
+    )
+    .await
+    .unwrap();
+    let billing = agg.get("/api/v1/incidents?service=billing").await.1[0]["id"]
+        .as_i64()
+        .unwrap();
+    // A later incident's alert arriving shows the alerter has run past billing's.
+    push(
+        &mut c,
+        Some(DEV_TOKEN),
+        vec![event("z-1", "dev", "zebra", "zebra / run", 90.0)],
+    )
+    .await
+    .unwrap();
+    let zebra = agg.get("/api/v1/incidents?service=zebra").await.1[0]["id"]
+        .as_i64()
+        .unwrap();
+    eventually("zebra alert", WAIT, || async {
+        with_incident(&am_alerts(&am_url).await, zebra).is_some()
+    })
+    .await;
+    assert!(
+        with_incident(&am_alerts(&am_url).await, billing).is_none(),
+        "billing is in maintenance"
+    );
+    // Ending the window lets the alert out.
+    let r = http
+        .delete(agg.url(&format!("/api/v1/silences/{}", created["id"])))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    eventually("billing alert after the window", WAIT, || async {
+        with_incident(&am_alerts(&am_url).await, billing)
+            .is_some_and(|a| a["status"]["state"] == "active")
+    })
     .await;
 
     // No more events: after resolve_after the incident resolves, and so does the alert.

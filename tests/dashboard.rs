@@ -100,6 +100,19 @@ async fn dashboard_renders_incidents_live_in_headless_chromium() {
     .await
     .unwrap();
 
+    // A maintenance window on dev/checkout, shown on the dashboard.
+    let later = humantime::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(3600))
+        .to_string();
+    let r = agg
+        .http
+        .post(agg.url("/api/v1/silences"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"kind": "maintenance", "environment": "dev", "service": "checkout", "ends_at": later, "comment": "checkout db upgrade", "created_by": "sre"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let mut child = Command::new("node")
         .arg(&script)

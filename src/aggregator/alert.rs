@@ -202,9 +202,24 @@ pub fn spawn(
                 _ = stop.cancelled() => break,
             }
             let st = store.clone();
-            let incidents = match tokio::task::spawn_blocking(move || st.alertable(min_rank)).await
-            {
-                Ok(Ok(list)) => list,
+            let read = tokio::task::spawn_blocking(move || {
+                let silences = st.silences(super::store::now_ns(), false)?;
+                Ok::<_, super::store::StoreError>((st.alertable(min_rank)?, silences))
+            });
+            let incidents = match read.await {
+                Ok(Ok((list, silences))) => {
+                    // Silenced incidents (active silence or maintenance window) are not sent;
+                    // their resolutions still count as delivered.
+                    let active: Vec<_> = silences.into_iter().filter(|s| s.active).collect();
+                    list.into_iter()
+                        .map(|mut inc| {
+                            if inc.state == "open" && active.iter().any(|s| s.matches(&inc)) {
+                                inc.state = "silenced";
+                            }
+                            inc
+                        })
+                        .collect::<Vec<_>>()
+                }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "reading incidents for alerts failed");
                     continue;
@@ -231,10 +246,10 @@ pub fn spawn(
                 }
             }
             for (i, (hook, tx, _)) in hooks.iter().enumerate() {
-                for inc in incidents
-                    .iter()
-                    .filter(|inc| routed(&hook.environments, hook.min_severity.rank(), inc))
-                {
+                for inc in incidents.iter().filter(|inc| {
+                    inc.state != "silenced"
+                        && routed(&hook.environments, hook.min_severity.rank(), inc)
+                }) {
                     let state = (inc.state, inc.severity);
                     if notified.get(&(i, inc.id)) == Some(&state) {
                         continue;
@@ -300,6 +315,16 @@ impl AmBatch<'_> {
         let mut alerts = Vec::with_capacity(routed.len());
         let mut labels_now = Vec::with_capacity(routed.len());
         for inc in &routed {
+            if inc.state == "silenced" {
+                // Silenced after it was sent: end the alert now rather than let it linger.
+                if let Some(old) = last_labels.remove(&inc.id) {
+                    let mut ended = alertmanager_alert(inc, self.base_url, now_ms, self.hold);
+                    ended["labels"] = old;
+                    ended["endsAt"] = json!(rfc3339_ms(now_ms));
+                    alerts.push(ended);
+                }
+                continue;
+            }
             let alert = alertmanager_alert(inc, self.base_url, now_ms, self.hold);
             if let Some(old) = last_labels.get(&inc.id) {
                 if *old != alert["labels"] {

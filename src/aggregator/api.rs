@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodRouter};
+use axum::routing::{delete, get, MethodRouter};
 use axum::Router;
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::auth;
 use super::config::ApiAuth;
-use super::store::{now_ns, severity_rank, EventFilter, IncidentFilter, StoreError};
+use super::store::{now_ns, severity_rank, EventFilter, IncidentFilter, NewSilence, StoreError};
 use super::AppState;
 
 /// The OpenAPI document of this API.
@@ -40,6 +40,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0} not found")]
     NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("store unavailable: {0}")]
     Store(#[from] StoreError),
     #[error("store task failed")]
@@ -51,6 +53,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Store(_) | ApiError::Task => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_server_error() {
@@ -250,6 +253,138 @@ async fn stream(State(st): State<Shared>) -> Sse<impl Stream<Item = Result<SseEv
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
+fn is_admin(st: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    st.admin_token
+        .as_ref()
+        .is_some_and(|t| auth::reader(&super::config::ApiAuth::Bearer(t.clone()), header))
+}
+
+fn require_admin(st: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    if st.admin_token.is_none() {
+        return Err(ApiError::Forbidden(
+            "silences are read-only here: set http.admin_token_file to allow writes".into(),
+        ));
+    }
+    if !is_admin(st, headers) {
+        return Err(ApiError::Forbidden(
+            "creating or ending silences needs the admin bearer token (http.admin_token_file)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Body of `POST /api/v1/silences`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceRequest {
+    #[serde(default)]
+    kind: Option<String>,
+    environment: String,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    starts_at: Option<serde_json::Value>,
+    ends_at: serde_json::Value,
+    #[serde(default)]
+    comment: String,
+    #[serde(default)]
+    created_by: String,
+}
+
+fn time_value(name: &str, v: &serde_json::Value) -> Result<i64, ApiError> {
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| ApiError::BadRequest(format!("{name}: not an integer"))),
+        serde_json::Value::String(s) => {
+            parse_time(name, &Some(s.clone()))?.ok_or_else(|| ApiError::BadRequest(name.into()))
+        }
+        _ => Err(ApiError::BadRequest(format!(
+            "{name}: give RFC 3339 or milliseconds since the epoch"
+        ))),
+    }
+}
+
+async fn silences(State(st): State<Shared>) -> Result<Response, ApiError> {
+    let store = st.store.clone();
+    let list = blocking(move || store.silences(now_ns(), false)).await?;
+    Ok(ok(&list))
+}
+
+async fn create_silence(
+    State(st): State<Shared>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &headers)?;
+    let req: SilenceRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid silence: {e}")))?;
+    let kind = req.kind.unwrap_or_else(|| "silence".into());
+    if !matches!(kind.as_str(), "silence" | "maintenance") {
+        return Err(ApiError::BadRequest(format!(
+            "kind {kind:?}: give silence or maintenance"
+        )));
+    }
+    if req.environment.is_empty() || req.service.as_ref().is_some_and(|s| s.is_empty()) {
+        return Err(ApiError::BadRequest(
+            "environment (and service, if given) must not be empty".into(),
+        ));
+    }
+    let now_ms = now_ns() / 1_000_000;
+    let starts_ms = match &req.starts_at {
+        Some(v) => time_value("starts_at", v)?,
+        None => now_ms,
+    };
+    let ends_ms = time_value("ends_at", &req.ends_at)?;
+    if ends_ms <= starts_ms || ends_ms <= now_ms {
+        return Err(ApiError::BadRequest(
+            "ends_at must be after starts_at and in the future".into(),
+        ));
+    }
+    if req.comment.len() > 4096 || req.created_by.len() > 256 {
+        return Err(ApiError::BadRequest(
+            "comment or created_by too long".into(),
+        ));
+    }
+    let new = NewSilence {
+        kind,
+        environment: req.environment,
+        service: req.service,
+        starts_ms,
+        ends_ms,
+        comment: req.comment,
+        created_by: req.created_by,
+    };
+    let store = st.store.clone();
+    let silence = blocking(move || store.add_silence(&new, now_ns())).await?;
+    tracing::info!(id = silence.id, environment = %silence.environment, kind = %silence.kind, "silence created");
+    let _ = st
+        .updates
+        .send(super::LiveUpdate::Silence { id: silence.id });
+    Ok(json_response(StatusCode::CREATED, &silence))
+}
+
+async fn end_silence(
+    State(st): State<Shared>,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &headers)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("silence id {id:?} is not a number")))?;
+    let store = st.store.clone();
+    if !blocking(move || store.end_silence(id, now_ns())).await? {
+        return Err(ApiError::NotFound(format!("silence {id}")));
+    }
+    let _ = st.updates.send(super::LiveUpdate::Silence { id });
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn openapi() -> Response {
     (
         [(
@@ -292,7 +427,7 @@ async fn require_reader(State(st): State<Shared>, req: Request, next: Next) -> R
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if auth::reader(&st.api_auth, header) {
+    if auth::reader(&st.api_auth, header) || is_admin(&st, req.headers()) {
         return next.run(req).await;
     }
     let mut resp = json_response(
@@ -333,6 +468,8 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<Shared>)> {
         ("/api/v1/events", get(events)),
         ("/api/v1/sidecars", get(sidecars)),
         ("/api/v1/stream", get(stream)),
+        ("/api/v1/silences", get(silences).post(create_silence)),
+        ("/api/v1/silences/{id}", delete(end_silence)),
     ]
 }
 

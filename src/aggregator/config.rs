@@ -82,6 +82,8 @@ pub struct HttpSettings {
     pub anonymous: bool,
     /// External URL of the dashboard, for links in alerts (default: http://<listen>).
     pub external_url: Option<String>,
+    /// Bearer token (file) that may also create and end silences and maintenance windows.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for HttpSettings {
@@ -93,6 +95,7 @@ impl Default for HttpSettings {
             password_file: None,
             anonymous: false,
             external_url: None,
+            admin_token_file: None,
         }
     }
 }
@@ -286,6 +289,8 @@ pub struct AggregatorConfig {
     pub settings: AggregatorSettings,
     pub tokens: Vec<TokenEntry>,
     pub api_auth: ApiAuth,
+    /// Token for writes (silences, maintenance windows), if configured.
+    pub admin_token: Option<Secret>,
     /// Where the settings came from, for messages.
     pub source: String,
 }
@@ -441,6 +446,10 @@ pub fn validate(
     if let Some(u) = &h.external_url {
         check_url("http.external_url", u)?;
     }
+    let admin_token = match &h.admin_token_file {
+        Some(p) => Some(read_secret("http.admin_token_file", p)?),
+        None => None,
+    };
     if s.ingest.max_batch_events == 0 || s.ingest.max_message_bytes < 1024 {
         return Err(invalid(
             "ingest",
@@ -488,6 +497,7 @@ pub fn validate(
         settings,
         tokens,
         api_auth,
+        admin_token,
         source,
     })
 }

@@ -140,6 +140,8 @@ pub enum LiveUpdate {
     Resolved { id: i64 },
     /// A sidecar sent a heartbeat.
     Sidecar { environment: String },
+    /// A silence or maintenance window was created or ended.
+    Silence { id: i64 },
 }
 
 /// State shared by the push API, the REST API and the background tasks.
@@ -151,6 +153,7 @@ pub struct AppState {
     pub metrics: AggMetrics,
     pub registry: Registry,
     pub api_auth: ApiAuth,
+    pub admin_token: Option<crate::config::Secret>,
     pub environments: BTreeSet<String>,
     pub stale_after: Duration,
     /// Cancelled at shutdown; ends live streams.
@@ -241,6 +244,7 @@ pub async fn start(
         metrics: metrics.clone(),
         registry,
         api_auth: cfg.api_auth.clone(),
+        admin_token: cfg.admin_token.clone(),
         environments,
         stale_after: s.ingest.sidecar_stale_after,
         shutdown: shutdown.clone(),

@@ -135,6 +135,19 @@ const MIGRATIONS: &[&str] = &[
         last_end_ns INTEGER NOT NULL,
         PRIMARY KEY (environment, key)
      );",
+    // 2: silences and maintenance windows set through the API.
+    "CREATE TABLE silences (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        service TEXT,
+        starts_ns INTEGER NOT NULL,
+        ends_ns INTEGER NOT NULL,
+        comment TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_ns INTEGER NOT NULL
+     );
+     CREATE INDEX silences_ends ON silences(ends_ns);",
 ];
 
 /// Grouping and retention rules, in nanoseconds.
@@ -281,6 +294,46 @@ pub struct Edge {
     pub caller: String,
     pub callee: String,
     pub calls: i64,
+}
+
+/// A silence or maintenance window: alerts of matching incidents are not sent while it is active.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Silence {
+    pub id: i64,
+    /// "silence" or "maintenance".
+    pub kind: String,
+    pub environment: String,
+    /// Only incidents with a member event of this service (all services if absent).
+    pub service: Option<String>,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub comment: String,
+    pub created_by: String,
+    /// Active now.
+    pub active: bool,
+}
+
+impl Silence {
+    /// Whether this silence covers `inc` (ignoring time).
+    pub fn matches(&self, inc: &Incident) -> bool {
+        self.environment == inc.environment
+            && self
+                .service
+                .as_ref()
+                .is_none_or(|s| inc.services.contains(s))
+    }
+}
+
+/// A new silence, as checked by the API.
+#[derive(Debug, Clone)]
+pub struct NewSilence {
+    pub kind: String,
+    pub environment: String,
+    pub service: Option<String>,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub comment: String,
+    pub created_by: String,
 }
 
 /// Filter of incident lists.
@@ -546,6 +599,7 @@ impl Store {
             tx.execute("DELETE FROM incidents WHERE open = 0 AND resolved_ns < ?1", [cutoff])?;
             tx.execute("DELETE FROM edges WHERE last_seen_ns < ?1", [cutoff])?;
             tx.execute("DELETE FROM sidecars WHERE last_seen_ns < ?1", [cutoff])?;
+            tx.execute("DELETE FROM silences WHERE ends_ns < ?1", [cutoff])?;
             tx.commit()?;
             resolved.sort_unstable();
             Ok(resolved)
@@ -789,6 +843,62 @@ impl Store {
             }
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    /// Stores a silence; returns it.
+    pub fn add_silence(&self, new: &NewSilence, now: i64) -> Result<Silence, StoreError> {
+        let id = self.with(|conn| {
+            conn.execute(
+                "INSERT INTO silences (kind, environment, service, starts_ns, ends_ns, comment, created_by, created_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    new.kind, new.environment, new.service, new.starts_ms.saturating_mul(1_000_000),
+                    new.ends_ms.saturating_mul(1_000_000), new.comment, new.created_by, now
+                ],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })?;
+        self.silences(now, true)?
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or(StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// Silences not yet ended (and, with `ended_too`, those ended within the retention).
+    pub fn silences(&self, now: i64, ended_too: bool) -> Result<Vec<Silence>, StoreError> {
+        let cutoff = if ended_too { 0 } else { now };
+        self.with(|conn| {
+            let mut st = conn.prepare(
+                "SELECT id, kind, environment, service, starts_ns, ends_ns, comment, created_by FROM silences
+                 WHERE ends_ns > ?1 ORDER BY starts_ns, id",
+            )?;
+            let rows = st.query_map([cutoff], |r| {
+                let (starts, ends): (i64, i64) = (r.get(4)?, r.get(5)?);
+                Ok(Silence {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    environment: r.get(2)?,
+                    service: r.get(3)?,
+                    starts_ms: ms(starts),
+                    ends_ms: ms(ends),
+                    comment: r.get(6)?,
+                    created_by: r.get(7)?,
+                    active: starts <= now && now < ends,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Ends a silence now; false if there is none with this id.
+    pub fn end_silence(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+        self.with(|conn| {
+            let n = conn.execute(
+                "UPDATE silences SET ends_ns = MIN(ends_ns, ?1), starts_ns = MIN(starts_ns, ?1) WHERE id = ?2",
+                params![now, id],
+            )?;
+            Ok(n == 1)
         })
     }
 
@@ -1112,6 +1222,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(all(&s).len(), 3);
+    }
+
+    #[test]
+    fn silences_match_by_environment_and_service_and_end() {
+        let (_d, s) = store();
+        let now = T0;
+        let new = |service: Option<&str>, from_s: i64| NewSilence {
+            kind: "maintenance".into(),
+            environment: "prod".into(),
+            service: service.map(str::to_string),
+            starts_ms: ms(T0 + from_s * S),
+            ends_ms: ms(T0 + 3600 * S),
+            comment: "c".into(),
+            created_by: "t".into(),
+        };
+        let a = s.add_silence(&new(Some("cart"), -1), now).unwrap();
+        let later = s.add_silence(&new(None, 600), now).unwrap();
+        assert!(a.active && !later.active);
+        s.ingest(
+            "sc",
+            &[
+                ev("1", "prod", "cart", "k", 0, 80.0),
+                ev("2", "dev", "cart", "k", 0, 80.0),
+            ],
+            T0,
+        )
+        .unwrap();
+        let list = all(&s);
+        let prod = list.iter().find(|i| i.environment == "prod").unwrap();
+        let dev = list.iter().find(|i| i.environment == "dev").unwrap();
+        assert!(a.matches(prod) && !a.matches(dev));
+        assert!(s.end_silence(a.id, now + S).unwrap());
+        assert!(!s.end_silence(999, now).unwrap());
+        let left = s.silences(now + 2 * S, false).unwrap();
+        assert_eq!(left.iter().map(|x| x.id).collect::<Vec<_>>(), [later.id]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub const PROD_TOKEN: &str = "prod-token-9876543210";
 pub const EXPIRED_TOKEN: &str = "expired-token-000000";
 pub const READER_USER: &str = "sre";
 pub const READER_PASSWORD: &str = "reader-pw";
+pub const ADMIN_TOKEN: &str = "admin-token-abcdef";
 
 /// Writes token files and an aggregator config into `dir`; `extra` is appended YAML.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
@@ -24,6 +25,7 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
         ("prod.token", PROD_TOKEN),
         ("expired.token", EXPIRED_TOKEN),
         ("reader.pw", READER_PASSWORD),
+        ("admin.token", ADMIN_TOKEN),
     ] {
         std::fs::write(dir.join(name), format!("{text}\n")).expect("write secret");
     }
@@ -31,7 +33,7 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let text = format!(
         "data_dir: {d}/data
 grpc: {{listen: '127.0.0.1:0'}}
-http: {{listen: '127.0.0.1:0', username: {READER_USER}, password_file: {d}/reader.pw}}
+http: {{listen: '127.0.0.1:0', username: {READER_USER}, password_file: {d}/reader.pw, admin_token_file: {d}/admin.token}}
 sidecars:
   - {{name: dev-1, environment: dev, token_file: {d}/dev.token}}
   - {{name: prod-eu, environment: prod, cluster: eu, token_file: {d}/prod.token}}

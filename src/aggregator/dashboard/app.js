@@ -57,14 +57,17 @@ async function loadOverview() {
   if (sv) q.set("severity", sv);
   q.set("state", st);
   q.set("limit", "200");
-  const [envs, incidents, sidecars] = await Promise.all([
+  const [envs, incidents, sidecars, silences] = await Promise.all([
     api("/api/v1/environments"),
     api("/api/v1/incidents?" + q),
     api("/api/v1/sidecars"),
+    api("/api/v1/silences"),
   ]);
+  state.silences = silences;
   renderEnvs(envs);
   renderIncidents(incidents);
   renderSidecars(sidecars);
+  renderSilences(silences);
   $("updated").textContent = "updated " + new Date().toLocaleTimeString();
 }
 
@@ -112,11 +115,36 @@ function renderIncidents(list) {
         el("td", { class: "num" }, String(i.event_count + (i.muted_events ? " +" + i.muted_events : ""))),
         el("td", {}, fmtTime(i.start_ms)),
         el("td", {}, ago(i.end_ms)),
-        el("td", {}, i.state + (i.persistent ? " (persistent)" : "")),
+        el("td", {}, i.state + (i.persistent ? " (persistent)" : ""),
+          i.state === "open" && silencedBy(i) ? el("div", { class: "muted" }, "alerts silenced") : ""),
       );
     }),
   );
   state.first = false;
+}
+
+function silencedBy(i) {
+  return (state.silences || []).find(
+    (s) => s.active && s.environment === i.environment && (!s.service || i.services.includes(s.service)),
+  );
+}
+
+function renderSilences(list) {
+  $("no-silences").classList.toggle("hidden", list.length > 0);
+  $("silences").replaceChildren(
+    ...list.map((s) =>
+      el("tr", { "data-testid": "silence-row" },
+        el("td", {}, s.kind),
+        el("td", {}, s.environment),
+        el("td", {}, s.service || "all"),
+        el("td", {}, fmtDateTime(s.starts_ms)),
+        el("td", {}, fmtDateTime(s.ends_ms)),
+        el("td", { class: s.active ? "bad" : "muted" }, s.active ? "active" : "scheduled"),
+        el("td", {}, s.comment),
+        el("td", {}, s.created_by),
+      ),
+    ),
+  );
 }
 
 function renderSidecars(list) {

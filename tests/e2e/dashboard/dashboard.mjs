@@ -38,6 +38,10 @@ try {
   if (!rows[0].includes("payment / Charge")) throw new Error("top incident is not payment / Charge: " + rows[0]);
   if (!rows.some((r) => r.includes("checkout / GET /cart"))) throw new Error("dev incident missing: " + rows);
   await page.locator("[data-testid=sidecar-row]").first().waitFor({ timeout: T });
+  // The maintenance window is listed, and the dev incident it covers says so.
+  await page.locator("[data-testid=silence-row]", { hasText: "checkout db upgrade" }).waitFor({ timeout: T });
+  const devRow = page.locator("[data-testid=incident-row]", { hasText: "checkout / GET /cart" });
+  if (!(await devRow.innerText()).includes("alerts silenced")) throw new Error("dev incident not marked silenced");
   await page.locator("[data-testid=live].on").waitFor({ timeout: T });
   await page.screenshot({ path: `${shots}/dashboard-overview.png`, fullPage: true });
   console.log("READY");
