@@ -59,7 +59,7 @@ pub enum StoreError {
 const MIGRATIONS: &[&str] = &[
     // 1: events, incidents, service graph, sidecars, muted keys.
     "CREATE TABLE events (
-        event_id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL,
         environment TEXT NOT NULL,
         cluster TEXT NOT NULL,
         service TEXT NOT NULL,
@@ -76,7 +76,9 @@ const MIGRATIONS: &[&str] = &[
         exemplars TEXT NOT NULL,
         sidecar TEXT NOT NULL,
         received_ns INTEGER NOT NULL,
-        incident_id INTEGER
+        incident_id INTEGER,
+        -- Ids are unique per environment, so one environment's sidecar cannot shadow another's events.
+        PRIMARY KEY (environment, event_id)
      );
      CREATE INDEX events_env_end ON events(environment, end_ns);
      CREATE INDEX events_incident ON events(incident_id);
@@ -513,8 +515,8 @@ impl Store {
                 out.accepted += 1;
                 let id = group(&tx, ev, rules, now, &mut out)?;
                 tx.execute(
-                    "UPDATE events SET incident_id = ?1 WHERE event_id = ?2",
-                    params![id, ev.event_id],
+                    "UPDATE events SET incident_id = ?1 WHERE environment = ?2 AND event_id = ?3",
+                    params![id, ev.environment, ev.event_id],
                 )?;
             }
             tx.commit()?;
@@ -1158,6 +1160,11 @@ mod tests {
         assert_eq!((again.accepted, again.duplicates), (0, 2));
         assert_eq!(s.event_count().unwrap(), 2);
         assert_eq!(all(&s)[0].event_count, 2);
+        // The same id in another environment is another event.
+        let other = s
+            .ingest("sc2", &[ev("a", "dev", "cart", "k", 0, 80.0)], T0)
+            .unwrap();
+        assert_eq!((other.accepted, other.duplicates), (1, 0));
     }
 
     #[test]
