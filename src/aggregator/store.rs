@@ -1231,6 +1231,48 @@ mod tests {
         assert_eq!(all(&s).len(), 3);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 48, ..Default::default() })]
+        /// Whatever arrives, in whatever batches: every event belongs to one incident of its
+        /// environment, and each incident's count, max and sum are those of its members.
+        #[test]
+        fn incident_aggregates_match_their_members(
+            evs in proptest::collection::vec((0..2usize, 0..4usize, 0..7200i64, 25.0..100.0f64), 1..40),
+            split in 1..5usize,
+        ) {
+            let (_d, s) = store();
+            let events: Vec<AnomalyEvent> = evs
+                .iter()
+                .enumerate()
+                .map(|(i, (env, svc, t, score))| {
+                    let svc = format!("s{svc}");
+                    ev(&i.to_string(), ["dev", "prod"][*env], &svc, &format!("{svc} / op"), *t, *score)
+                })
+                .collect();
+            for chunk in events.chunks(split) {
+                s.ingest("sc", chunk, T0).unwrap();
+            }
+            let list = all(&s);
+            let mut seen = 0;
+            for inc in &list {
+                let d = s.incident(inc.id).unwrap().unwrap();
+                proptest::prop_assert!(!d.events.is_empty());
+                proptest::prop_assert!(d.events.iter().all(|e| e.environment == inc.environment));
+                proptest::prop_assert_eq!(d.events.len() as i64, inc.event_count);
+                let max = d.events.iter().map(|e| e.score).fold(f64::MIN, f64::max);
+                let sum: f64 = d.events.iter().map(|e| e.score).sum();
+                proptest::prop_assert!((inc.max_score - max).abs() < 1e-9);
+                proptest::prop_assert!((inc.sum_score - sum).abs() < 1e-6);
+                let mut services: Vec<String> = d.events.iter().map(|e| e.service.clone()).collect();
+                services.sort();
+                services.dedup();
+                proptest::prop_assert_eq!(&services, &inc.services);
+                seen += d.events.len();
+            }
+            proptest::prop_assert_eq!(seen, events.len());
+        }
+    }
+
     #[test]
     fn silences_match_by_environment_and_service_and_end() {
         let (_d, s) = store();
