@@ -237,7 +237,11 @@ async fn push_store_incident_rest_and_live_stream() {
 #[tokio::test]
 async fn wrong_environment_bad_token_and_bad_input_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let agg = Agg::start(&write_config(dir.path(), "ingest: {max_batch_events: 5}\n")).await;
+    let agg = Agg::start(&write_config(
+        dir.path(),
+        "ingest: {max_batch_events: 5, max_message_bytes: 4096}\n",
+    ))
+    .await;
     let mut c = raw_client(agg.grpc_url()).await;
 
     // A dev token sending a batch with one prod event: refused whole.
@@ -301,6 +305,19 @@ async fn wrong_environment_bad_token_and_bad_input_store_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
         err.message().contains("ingest.max_batch_events"),
+        "{}",
+        err.message()
+    );
+
+    // Over the message size limit: refused by the decoder before anything is looked at.
+    let mut big = event("big-1", "dev", "cart", "k", 80.0);
+    big.explanation = "x".repeat(4000);
+    let err = push(&mut c, Some(DEV_TOKEN), vec![big.clone(), big])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(
+        err.message().contains("limit is: 4096 bytes"),
         "{}",
         err.message()
     );
