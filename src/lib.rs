@@ -3,6 +3,7 @@
 //! Data flows one way: receiver → pipeline → detect → enrich → export.
 //! Detectors never import receivers or exporters.
 
+pub mod aggregator;
 pub mod config;
 pub mod demo;
 pub mod detect;
@@ -11,6 +12,7 @@ pub mod export;
 pub mod faultbench;
 pub mod nab;
 pub mod pipeline;
+pub mod push;
 pub mod receiver;
 pub mod replay_otlp;
 pub mod sidecar;
