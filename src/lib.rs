@@ -11,5 +11,6 @@ pub mod export;
 pub mod nab;
 pub mod pipeline;
 pub mod receiver;
+pub mod replay;
 pub mod sidecar;
 pub mod telemetry;

@@ -160,7 +160,7 @@ impl MetricDetector {
 
     /// Scores one point of series `key` and learns from it. `None` when the
     /// point carries nothing to score (first point of a cumulative series).
-    pub fn observe(&mut self, key: KeyHash, value: PointValue) -> Option<Verdict> {
+    pub fn observe(&mut self, key: KeyHash, _time_ns: u64, value: PointValue) -> Option<Verdict> {
         let p = self.params;
         let (st, _overflow) = self.series.get_or_insert(key, SeriesState::default);
         let (x, what) = st.scored_value(value)?;
@@ -218,16 +218,16 @@ mod tests {
         let mut max_normal = 0.0f32;
         for i in 0..2_000 {
             let x = 100.0 + rng.random_range(-5.0..5.0);
-            let v = d.observe(1, PointValue::Gauge(x)).unwrap();
+            let v = d.observe(1, 0, PointValue::Gauge(x)).unwrap();
             if i > 100 {
                 max_normal = max_normal.max(v.score);
             }
         }
         assert!(max_normal < 25.0, "normal noise scored {max_normal}");
-        let v = d.observe(1, PointValue::Gauge(200.0)).unwrap();
+        let v = d.observe(1, 0, PointValue::Gauge(200.0)).unwrap();
         assert!(v.score >= 75.0, "spike scored {}", v.score);
         // The spike did not move the baseline much: the next normal value is normal.
-        let v = d.observe(1, PointValue::Gauge(101.0)).unwrap();
+        let v = d.observe(1, 0, PointValue::Gauge(101.0)).unwrap();
         assert!(v.score < 25.0, "{}", v.score);
     }
 
@@ -240,6 +240,7 @@ mod tests {
         assert!(d
             .observe(
                 9,
+                0,
                 PointValue::CumulativeSum {
                     value: 10.0,
                     start_ns: 1
@@ -251,6 +252,7 @@ mod tests {
             total += 10.0;
             d.observe(
                 9,
+                0,
                 PointValue::CumulativeSum {
                     value: total,
                     start_ns: 1,
@@ -261,6 +263,7 @@ mod tests {
         let v = d
             .observe(
                 9,
+                0,
                 PointValue::CumulativeSum {
                     value: 10.0,
                     start_ns: 2,
@@ -272,6 +275,7 @@ mod tests {
         let v = d
             .observe(
                 9,
+                0,
                 PointValue::CumulativeSum {
                     value: 110.0,
                     start_ns: 2,
@@ -284,7 +288,7 @@ mod tests {
     #[test]
     fn first_points_are_cold_start() {
         let mut d = MetricDetector::new(MetricParams::default());
-        let v = d.observe(1, PointValue::Gauge(1.0)).unwrap();
+        let v = d.observe(1, 0, PointValue::Gauge(1.0)).unwrap();
         assert_eq!(v.severity, Severity::ColdStart);
     }
 
@@ -300,6 +304,7 @@ mod tests {
             s += 10.0 * (20.0 + (i % 3) as f64);
             d.observe(
                 5,
+                0,
                 PointValue::Histogram {
                     count: c,
                     sum: s,
@@ -313,6 +318,7 @@ mod tests {
         let v = d
             .observe(
                 5,
+                0,
                 PointValue::Histogram {
                     count: c,
                     sum: s,

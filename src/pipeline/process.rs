@@ -77,10 +77,10 @@ impl Detectors {
         d.observe_key(key, obs)
     }
 
-    fn point(&self, key: KeyHash, v: PointValue) -> Option<Verdict> {
+    fn point(&self, key: KeyHash, time_ns: u64, v: PointValue) -> Option<Verdict> {
         let shard = &self.metrics[(key % SHARDS as u64) as usize];
         let mut d = shard.lock().unwrap_or_else(|p| p.into_inner());
-        d.observe(key, v)
+        d.observe(key, time_ns, v)
     }
 
     fn log(&self, service: &str, time_ns: u64, severity: i32) -> Verdict {
@@ -318,7 +318,7 @@ impl Processor {
                         attrs_json.clear();
                         crate::export::document::attributes(&mut attrs_json, p.attributes());
                         let series = key_hash(&[&res_json, m.name.as_bytes(), &attrs_json]);
-                        let verdict = self.detectors.point(series, pv);
+                        let verdict = self.detectors.point(series, p.times().1, pv);
                         if let Some(v) = &verdict {
                             self.note(Signal::metrics, service, &m.name, v);
                         }
