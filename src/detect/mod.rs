@@ -6,6 +6,7 @@
 //! computation.
 
 pub mod keys;
+pub mod likelihood;
 pub mod log;
 pub mod metric;
 pub mod rate;

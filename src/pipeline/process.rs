@@ -52,6 +52,7 @@ impl Detectors {
             min_samples: d.metrics.min_samples,
             window: d.metrics.window,
             max_series: d.metrics.max_series.div_ceil(SHARDS),
+            ..MetricParams::default()
         };
         let log_params = RateParams {
             interval_ns: span_params.interval_ns,
