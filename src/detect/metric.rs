@@ -25,7 +25,7 @@
 
 use super::keys::{BoundedMap, KeyHash};
 use super::likelihood::{normal_surprise, Likelihood};
-use super::{Explanation, Severity, Verdict, ANOMALOUS_SCORE, ANOMALOUS_WEIGHT};
+use super::{Explanation, Severity, Verdict, ANOMALOUS_WEIGHT};
 
 /// Largest baseline window, in points (bounds per-series memory).
 pub const MAX_WINDOW: usize = 256;
@@ -65,6 +65,9 @@ const MIN_PEAKS: usize = 8;
 /// Raw likelihood input per unit of surprise beyond `POINT_ANOMALY_SURPRISE`
 /// (a 1-in-10^6 point gives 0.63, near the 1 of an unpredicted HTM input).
 const RAW_SURPRISE_SCALE: f64 = 3.0;
+/// Score that opens an incident for dedup: the lower edge of the Minor band,
+/// so that the first notable point of an incident is the one reported.
+const DEDUP_FROM_SCORE: f32 = 25.0;
 /// Factor on scores that repeat an alert during its dedup period.
 const DEDUP_DAMPING: f32 = 0.25;
 
@@ -277,7 +280,7 @@ impl SeriesState {
             } else {
                 score *= DEDUP_DAMPING;
             }
-        } else if score >= ANOMALOUS_SCORE {
+        } else if score >= DEDUP_FROM_SCORE {
             st.dedup_left = p.dedup_points as u32;
             st.dedup_peak = score;
         }
@@ -431,19 +434,18 @@ impl PeakTail {
         let log_tail = if var <= 0.0 || mean <= 0.0 {
             -y / mean.max(1e-9)
         } else {
+            // Method of moments for the generalised Pareto distribution.
             let r = mean * mean / var;
-            let xi = (0.5 * (1.0 - r)).clamp(-0.5, 1.0);
-            let sigma = 0.5 * mean * (r + 1.0);
-            if xi.abs() < 1e-6 {
-                -y / sigma
+            let xi = 0.5 * (1.0 - r);
+            if xi < 1e-6 {
+                // ξ < 0 would give the tail a finite end point and make
+                // anything beyond the largest peak seen "impossible";
+                // telemetry has no such bound, so a light tail is fitted as
+                // an exponential one (σ = mean excess).
+                -y / mean
             } else {
-                let base = 1.0 + xi * y / sigma;
-                if base <= 0.0 {
-                    // Beyond the finite end point of the fitted tail: rarer than anything modelled.
-                    -700.0
-                } else {
-                    -base.ln() / xi
-                }
+                let sigma = 0.5 * mean * (r + 1.0);
+                -(1.0 + xi * y / sigma).ln() / xi
             }
         };
         let log_p = self.rate.max(1e-6).ln() + log_tail;
@@ -593,6 +595,7 @@ impl MetricDetector {
 mod tests {
     use super::*;
     use crate::detect::likelihood;
+    use crate::detect::ANOMALOUS_SCORE;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     #[test]
