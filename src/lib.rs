@@ -8,6 +8,7 @@ pub mod demo;
 pub mod detect;
 pub mod enrich;
 pub mod export;
+pub mod faultbench;
 pub mod nab;
 pub mod pipeline;
 pub mod receiver;

@@ -48,6 +48,25 @@ enum Command {
         #[command(flatten)]
         flags: CommonFlags,
     },
+    /// Run the trace-fault benchmark: synthetic span streams with injected faults
+    /// through the span detector; prints precision, recall, time to detect and false alerts.
+    Faultbench {
+        /// Number of span keys.
+        #[arg(long, default_value_t = 100)]
+        keys: usize,
+        /// Simulated time after the warm-up (e.g. 24h, 3h).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Warm-up without faults, not scored.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        /// Mean spans per second per key.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// RNG seed (runs are reproducible).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Replay recorded data through the detectors, as they would run live.
     Replay {
         #[command(subcommand)]
@@ -304,6 +323,16 @@ fn main() -> ExitCode {
         Command::Replay {
             what: ReplayCommand::Nab(args),
         } => run_replay_nab(args),
+        Command::Faultbench {
+            keys,
+            duration,
+            warmup,
+            rate,
+            seed,
+        } => {
+            run_faultbench(*keys, *duration, *warmup, *rate, *seed);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -312,6 +341,41 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_faultbench(keys: usize, duration: Duration, warmup: Duration, rate: f64, seed: u64) {
+    use std::io::{IsTerminal, Write};
+    let p = otel_anomaly::faultbench::BenchParams {
+        keys,
+        duration_s: duration.as_secs(),
+        warmup_s: warmup.as_secs(),
+        mean_rate: rate,
+        seed,
+        ..Default::default()
+    };
+    eprintln!(
+        "trace-fault benchmark: {keys} keys, {} warm-up + {} scored, ~{rate} spans/s per key, seed {seed}",
+        humantime::format_duration(warmup),
+        humantime::format_duration(duration)
+    );
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let report = otel_anomaly::faultbench::run(&p, |done| {
+        if tty {
+            let el = started.elapsed().as_secs_f64();
+            let eta = if done > 0.0 { el / done - el } else { 0.0 };
+            eprint!(
+                "\r  {:5.1}%  elapsed {el:.0}s  eta {eta:.0}s ",
+                done * 100.0
+            );
+            let _ = std::io::stderr().flush();
+        }
+    });
+    if tty {
+        eprintln!();
+    }
+    print!("{}", report.render());
+    eprintln!("done in {:.1}s", started.elapsed().as_secs_f64());
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

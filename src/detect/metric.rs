@@ -23,7 +23,7 @@
 //! a new start time, is a counter reset); histograms are scored on the mean
 //! of the new observations.
 
-use super::keys::{BoundedMap, KeyHash};
+use super::keys::{BoundedMap, KeyHash, MapSnapshot};
 use super::likelihood::{normal_surprise, Likelihood};
 use super::{Explanation, Severity, Verdict, ANOMALOUS_WEIGHT};
 
@@ -565,6 +565,16 @@ impl MetricDetector {
             series: BoundedMap::new(params.max_series),
             scratch: Vec::with_capacity(MAX_WINDOW),
         }
+    }
+
+    /// The detector's state, for a snapshot.
+    pub fn snapshot(&self) -> MapSnapshot<&SeriesState> {
+        self.series.snapshot()
+    }
+
+    /// Adds the series of a snapshot to the detector.
+    pub fn restore(&mut self, snap: MapSnapshot<SeriesState>) {
+        self.series.restore_snapshot(snap);
     }
 
     /// Scores one point of series `key` at `time_ns` and learns from it.
