@@ -835,8 +835,8 @@ mod tests {
         let bytes = state.memory_bytes();
         assert!(bytes <= 8 * 1024, "series state holds {bytes} bytes");
         // A restored copy scores the rest of the stream exactly like the original.
-        let json = serde_json::to_string(state).expect("serialize");
-        let mut copy: SeriesState = serde_json::from_str(&json).expect("deserialize");
+        let bytes = postcard::to_stdvec(state).expect("serialize");
+        let mut copy: SeriesState = postcard::from_bytes(&bytes).expect("deserialize");
         let mut scratch = Vec::new();
         for i in 6_000..6_500 {
             let x = next(i, &mut rng);
