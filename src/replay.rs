@@ -20,8 +20,8 @@ pub const DEFAULT_NAME: &str = "otelanomaly";
 /// Errors of a replay run.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// A file or directory could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file or directory could not be read or written (the cause is the source).
+    #[error("cannot access {path}")]
     Io {
         /// Path that failed.
         path: PathBuf,
