@@ -14,6 +14,7 @@ pub mod nab;
 pub mod pipeline;
 pub mod push;
 pub mod receiver;
+pub mod replay;
 pub mod replay_otlp;
 pub mod sidecar;
 pub mod telemetry;

@@ -76,6 +76,52 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Replay recorded data through the detectors, as they would run live.
+    Replay {
+        #[command(subcommand)]
+        what: ReplayCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplayCommand {
+    /// Run the metric detector over a NAB-style corpus, write NAB results files and/or score them.
+    Nab(NabArgs),
+    /// Score a recorded OTLP capture (NDJSON, one OTLP/JSON export request per
+    /// line, as the Collector's file exporter writes) and print the anomaly events.
+    Otlp {
+        /// The capture file.
+        file: PathBuf,
+        /// Configuration file whose `detect` settings to use (defaults otherwise).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `replay nab` arguments.
+#[derive(Debug, Args)]
+struct NabArgs {
+    /// Data directory holding `<family>/<file>.csv` files (`timestamp,value`).
+    #[arg(long)]
+    data: PathBuf,
+    /// Write results to `OUT/<NAME>/<family>/<NAME>_<file>.csv`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Detector name in the results layout (no `_`).
+    #[arg(long, default_value = otel_anomaly::replay::DEFAULT_NAME)]
+    name: String,
+    /// Score with the NAB v1.1 rules against these windows (`combined_windows.json`).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Print the standard / low-FP / low-FN scores and a per-file table (needs --labels).
+    #[arg(long)]
+    score: bool,
+    /// Cost profiles (default: DATA/../config/profiles.json).
+    #[arg(long)]
+    profiles: Option<PathBuf>,
+    /// Score the existing results in `RESULTS/<NAME>/` instead of running the detector.
+    #[arg(long, conflicts_with = "out")]
+    results: Option<PathBuf>,
 }
 
 /// Flags that override the configuration (highest precedence).
@@ -364,6 +410,20 @@ fn main() -> ExitCode {
                 rt.block_on(run_demo(cfg, *duration, *fault_after, *report_every, flags))
             })
         }
+        Command::Replay {
+            what: ReplayCommand::Nab(args),
+        } => run_replay_nab(args),
+        Command::Replay {
+            what: ReplayCommand::Otlp { file, config },
+        } => match config::resolve(config.as_deref(), &env, &FlagOverrides::default()) {
+            Ok(cfg) => otel_anomaly::replay_otlp::replay(file, &cfg.settings)
+                .map(|r| print!("{}", otel_anomaly::replay_otlp::render(&r)))
+                .map_err(anyhow::Error::from),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Faultbench {
             keys,
             duration,
@@ -424,4 +484,57 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+fn run_replay_nab(args: &NabArgs) -> anyhow::Result<()> {
+    use otel_anomaly::{nab, replay};
+    replay::check_name(&args.name)?;
+    let scoring = args.score || args.results.is_some();
+    if scoring && args.labels.is_none() {
+        anyhow::bail!("scoring needs --labels WINDOWS.json (NAB's combined_windows.json)");
+    }
+    if !scoring && args.out.is_none() {
+        anyhow::bail!("nothing to do: give --out RESULTS, or --labels WINDOWS.json --score");
+    }
+    let profiles = || -> anyhow::Result<Vec<nab::Profile>> {
+        let path = args
+            .profiles
+            .clone()
+            .unwrap_or_else(|| args.data.join("../config/profiles.json"));
+        nab::load_profiles(&path).with_context(|| format!("cost profiles {}", path.display()))
+    };
+    let report = if let Some(results) = &args.results {
+        let labels = args.labels.as_deref().context("--labels")?;
+        let windows = nab::load_windows(labels, &args.data)?;
+        nab::score_corpus(results, &args.name, &args.data, &windows, &profiles()?)?
+    } else {
+        let keys = replay::discover(&args.data)?;
+        let bar = indicatif::ProgressBar::new(keys.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                .context("progress style")?,
+        );
+        let params = otel_anomaly::detect::metric::MetricParams::default();
+        let replayed = replay::replay_corpus(&args.data, params, |key| {
+            bar.set_message(key.to_string());
+            bar.inc(1);
+        })?;
+        bar.finish_and_clear();
+        if let Some(out) = &args.out {
+            for r in &replayed {
+                replay::write_results(out, &args.name, &r.series, &r.scores)?;
+            }
+            println!(
+                "wrote {} results files to {}",
+                replayed.len(),
+                out.join(&args.name).display()
+            );
+        }
+        let Some(labels) = args.labels.as_deref().filter(|_| args.score) else {
+            return Ok(());
+        };
+        replay::score_replayed(&args.name, &replayed, labels, &args.data, &profiles()?)?
+    };
+    print!("{}", replay::render_report(&report));
+    Ok(())
 }

@@ -785,8 +785,9 @@ fn check_header<'a>(path: &Path, header: Option<(usize, Vec<&'a str>)>) -> NabRe
     }
 }
 
-/// Parses `YYYY-MM-DD HH:MM:SS[.fraction]` (or with `T`) into a comparable key.
-fn parse_timestamp(s: &str) -> Option<[u32; 7]> {
+/// Parses `YYYY-MM-DD HH:MM:SS[.fraction]` (or with `T`) into a comparable key
+/// `[year, month, day, hour, minute, second, nanos]`.
+pub fn parse_timestamp(s: &str) -> Option<[u32; 7]> {
     fn num(s: &str, max_len: usize) -> Option<u32> {
         if s.is_empty() || s.len() > max_len || !s.bytes().all(|b| b.is_ascii_digit()) {
             return None;

@@ -1,26 +1,90 @@
-//! Metric detector: per series (resource attributes + metric name + point
-//! attributes) a robust exponentially weighted baseline (mean and spread,
-//! with residuals clipped so outliers barely move it) and a two-sided normal
-//! tail probability of each new value.
+//! Metric detector, per series (resource attributes + metric name + point
+//! attributes):
+//!
+//! * a robust baseline: median and MAD of the recent values judged normal
+//!   (anomalous points are kept out, so an outage does not become normal),
+//!   with a spread floor of a tenth of the series' long-run magnitude;
+//! * a daily profile (15-min time-of-day bins), used once two days of history
+//!   exist and only while it explains the data (shrinks the spread by 30%);
+//! * level-shift adaptation: when most of the last few points were anomalous
+//!   on the same side, the baseline is replaced by them, so a new normal is
+//!   alerted once and then learned;
+//! * a point surprise from the series' own tail of deviations (peaks over a
+//!   threshold with a generalised Pareto fit, as in SPOT), so a series that
+//!   always jitters must jitter more than it ever did to alert;
+//! * an anomaly-likelihood layer ([`super::likelihood`]) over the point
+//!   surprises, which catches a change in how often a series surprises (more
+//!   spikes than usual) that no single point shows; the score is the larger
+//!   of the two;
+//! * alert dedup: after an alert the series stays quiet for a while unless it
+//!   gets worse, like an alerting system that groups one incident into one page.
 //!
 //! Cumulative sums are turned into deltas (a value below the previous one, or
 //! a new start time, is a counter reset); histograms are scored on the mean
 //! of the new observations.
 
-use statrs::function::erf::erfc;
-
 use super::keys::{BoundedMap, KeyHash, MapSnapshot};
-use super::{score_from_tail_probability, Explanation, Verdict, ANOMALOUS_SCORE, ANOMALOUS_WEIGHT};
+use super::likelihood::{normal_surprise, Likelihood};
+use super::{Explanation, Severity, Verdict, ANOMALOUS_WEIGHT};
+
+/// Largest baseline window, in points (bounds per-series memory).
+pub const MAX_WINDOW: usize = 256;
+/// Points looked back for a level shift.
+const SHIFT_POINTS: usize = 12;
+/// Anomalous points on one side (of `SHIFT_POINTS`) that make a level shift.
+const SHIFT_QUORUM: usize = 9;
+/// σ per MAD for normal data.
+const MAD_TO_SIGMA: f64 = 1.4826;
+/// σ per mean absolute deviation for normal data (√(π/2)).
+const MEAN_ABS_TO_SIGMA: f64 = 1.2533;
+/// Spread floor, relative to the series' long-run mean magnitude: changes
+/// smaller than ~30% of the usual level (3 floors) are not worth an alert,
+/// and a flat or mostly-zero series is not infinitely sensitive.
+const SCALE_SPREAD_FLOOR: f64 = 0.1;
+/// Time-of-day bins of the daily profile (15 min each).
+const DAY_BINS: usize = 96;
+/// History needed before the daily profile is used: two full days.
+const SEASON_MIN_HISTORY_NS: u64 = 2 * 86_400 * 1_000_000_000;
+/// Points a bin needs before its offset is used.
+const SEASON_MIN_PER_BIN: u8 = 2;
+/// Effective memory of a bin, in visits (about days at 15-min sampling or slower).
+const SEASON_MEMORY: u8 = 4;
+/// The daily profile is used only when it shrinks the spread at least this much.
+const SEASON_GAIN: f64 = 0.7;
+/// Surprise per e-fold of `100 − score`: 5/ln 2, so a surprise of 5 scores 50.
+const SURPRISE_SCALE: f64 = 7.213_475_204_444_817;
+/// A point rarer than 1 in 1,000 is anomalous: it feeds the likelihood and stays out of the baseline.
+const POINT_ANOMALY_SURPRISE: f64 = 3.0;
+/// |z| above which a deviation is a peak for the tail model (about the top
+/// 5% of a normal series; SPOT starts from a high quantile such as the 98th).
+const PEAK_Z: f64 = 2.0;
+/// Peaks kept for the tail fit.
+const MAX_PEAKS: usize = 64;
+/// Peaks needed before the tail fit replaces the normal tail.
+const MIN_PEAKS: usize = 8;
+/// Raw likelihood input per unit of surprise beyond `POINT_ANOMALY_SURPRISE`
+/// (a 1-in-10^6 point gives 0.63, near the 1 of an unpredicted HTM input).
+const RAW_SURPRISE_SCALE: f64 = 3.0;
+/// Score that opens an incident for dedup: the lower edge of the Minor band,
+/// so that the first notable point of an incident is the one reported.
+const DEDUP_FROM_SCORE: f32 = 25.0;
+/// Factor on scores that repeat an alert during its dedup period.
+const DEDUP_DAMPING: f32 = 0.25;
 
 /// Metric detector settings.
 #[derive(Debug, Clone, Copy)]
 pub struct MetricParams {
     /// Points a series needs before it is scored.
     pub min_samples: u64,
-    /// Effective memory of the baseline, in points.
+    /// Baseline window, in points (at most `MAX_WINDOW`).
     pub window: u64,
     /// Cap on tracked series.
     pub max_series: usize,
+    /// Points after an alert during which the series does not alert again unless it gets worse.
+    pub dedup_points: u64,
+    /// Long-run memory, in points, of the anomaly likelihood, the tail model
+    /// and the series' magnitude.
+    pub long_memory: u64,
 }
 
 impl Default for MetricParams {
@@ -29,6 +93,10 @@ impl Default for MetricParams {
             min_samples: 30,
             window: 200,
             max_series: 50_000,
+            // About 8 h at a 5-min interval, 17 min at 10 s.
+            dedup_points: 100,
+            // About 3.5 days at a 5-min interval.
+            long_memory: 1000,
         }
     }
 }
@@ -52,19 +120,16 @@ pub enum PointValue {
     },
 }
 
-/// Per-series state.
+/// Converts raw points into the value to score (deltas of cumulative sums, histogram means).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct SeriesState {
-    mean: f64,
-    var: f64,
-    n: u64,
+struct Converter {
     prev_value: f64,
     prev_count: u64,
     prev_start_ns: u64,
     has_prev: bool,
 }
 
-impl SeriesState {
+impl Converter {
     /// Turns the point into the value to score; `None` when there is nothing
     /// to score yet (first point of a cumulative series, empty histogram delta).
     fn scored_value(&mut self, v: PointValue) -> Option<(f64, &'static str)> {
@@ -120,26 +185,368 @@ impl SeriesState {
             }
         }
     }
+}
 
-    fn learn(&mut self, x: f64, weight: f64, p: &MetricParams) {
+/// Per-series state: bounded (see `tests::series_state_is_bounded`) and serialisable.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct SeriesState {
+    conv: Converter,
+    /// Recent values judged normal (a ring of at most `window` values).
+    base: Vec<f64>,
+    /// Time-of-day bin of each baseline value.
+    base_phase: Vec<u16>,
+    base_next: u32,
+    seasonal: Seasonal,
+    /// The last `SHIFT_POINTS` values, their time-of-day bins, and on which
+    /// side of the baseline they were anomalous (+1, −1; 0 when normal).
+    recent: Vec<(f64, u16, i8)>,
+    recent_next: u8,
+    likelihood: Likelihood,
+    tail: PeakTail,
+    /// Long-run mean of |value| (the series' scale).
+    scale: f64,
+    /// Points left in the current alert's dedup period.
+    dedup_left: u32,
+    /// Score of the alert that opened the dedup period.
+    dedup_peak: f32,
+    n: u64,
+}
+
+impl SeriesState {
+    /// Scores one point at `time_ns` and learns from it (see [`MetricDetector::observe`]).
+    /// `scratch` is working memory, reused between calls.
+    pub fn observe(
+        &mut self,
+        time_ns: u64,
+        value: PointValue,
+        p: &MetricParams,
+        scratch: &mut Vec<f64>,
+    ) -> Option<Verdict> {
+        let st = self;
+        let window = (p.window as usize).clamp(1, MAX_WINDOW);
+        let (x, what) = st.conv.scored_value(value)?;
+        if !x.is_finite() {
+            return None;
+        }
+        st.n += 1;
+        let phase = phase_of(time_ns);
+        let needed = p.min_samples.max(1).min(window as u64);
+        if (st.base.len() as u64) < needed {
+            st.seasonal.learn(phase, time_ns, 0.0);
+            st.push_base(x, phase, window);
+            return Some(Verdict::cold_start(st.n - 1, needed));
+        }
+        let (plain_median, plain_spread) = st.median_spread(scratch, false);
+        let (level, level_spread) = st.median_spread(scratch, true);
+        let seasonal =
+            st.seasonal.ready(phase, time_ns) && level_spread < SEASON_GAIN * plain_spread;
+        let (median, spread) = if seasonal {
+            (level + st.seasonal.offset(phase), level_spread)
+        } else {
+            (plain_median, plain_spread)
+        };
+        let spread = spread.max(SCALE_SPREAD_FLOOR * st.scale);
+        st.scale += (x.abs() - st.scale) / (st.n.min(p.long_memory.max(1)) as f64);
+        let deviation = x - median;
+        let z = deviation / spread;
+        // Judged against this series' own tail of deviations once it has
+        // enough peaks; against a normal tail before that.
+        let point_surprise = st
+            .tail
+            .surprise(z.abs())
+            .unwrap_or_else(|| normal_surprise(z));
+        // The tail model learns from every point: it describes how large this
+        // series' deviations get, routine bursts included (it keeps only the
+        // last `MAX_PEAKS` peaks, so it forgets). Anomalies stay out of the
+        // baseline level and spread instead.
+        st.tail.learn(z.abs(), p.long_memory);
+        let raw = raw_of_surprise(point_surprise);
+        // An ongoing incident barely teaches the likelihood that incidents are usual.
+        let learn = if st.dedup_left > 0 {
+            f64::from(ANOMALOUS_WEIGHT)
+        } else {
+            1.0
+        };
+        let lik_surprise = st.likelihood.update(raw, p.long_memory, learn);
+        let mut score = score_of_surprise(point_surprise.max(lik_surprise));
+        // Dedup: one alert per incident; during the period the series only
+        // alerts again if it gets worse than the alert that opened it.
+        if st.dedup_left > 0 {
+            st.dedup_left -= 1;
+            // Worse means a higher severity band, as an alerting system escalates.
+            if Severity::of(score) > Severity::of(st.dedup_peak) {
+                st.dedup_peak = score;
+                st.dedup_left = p.dedup_points as u32;
+            } else {
+                score *= DEDUP_DAMPING;
+            }
+        } else if score >= DEDUP_FROM_SCORE {
+            st.dedup_left = p.dedup_points as u32;
+            st.dedup_peak = score;
+        }
+        let anomalous_point = point_surprise > POINT_ANOMALY_SURPRISE;
+        // The profile learns from every point until it is in use (before that,
+        // the daily swing itself looks anomalous), then from normal points only.
+        if !seasonal || !anomalous_point {
+            st.seasonal.learn(phase, time_ns, x - level);
+        }
+        if anomalous_point {
+            let side = if deviation > 0.0 { 1 } else { -1 };
+            st.track_shift(x, phase, side, window);
+        } else {
+            st.track_shift(x, phase, 0, window);
+            st.push_base(x, phase, window);
+        }
+        Some(Verdict::scored(
+            score,
+            Explanation::Metric {
+                observed: x,
+                baseline: median,
+                spread,
+                what,
+            },
+        ))
+    }
+
+    /// Bytes this state holds: the struct and its heap buffers.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.base.capacity() * std::mem::size_of::<f64>()
+            + self.base_phase.capacity() * std::mem::size_of::<u16>()
+            + self.recent.capacity() * std::mem::size_of::<(f64, u16, i8)>()
+            + self.seasonal.offsets.capacity() * std::mem::size_of::<f32>()
+            + self.seasonal.counts.capacity()
+            + self.tail.peaks.capacity() * std::mem::size_of::<f32>()
+    }
+
+    fn push_base(&mut self, x: f64, phase: u16, window: usize) {
+        if self.base.len() < window {
+            self.base.push(x);
+            self.base_phase.push(phase);
+        } else {
+            let i = self.base_next as usize % self.base.len();
+            self.base[i] = x;
+            self.base_phase[i] = phase;
+        }
+        self.base_next = ((self.base_next as usize + 1) % window) as u32;
+    }
+
+    /// Median and robust spread of the baseline values.
+    fn median_spread(&self, scratch: &mut Vec<f64>, deseasonalise: bool) -> (f64, f64) {
+        scratch.clear();
+        if deseasonalise {
+            let season = &self.seasonal;
+            scratch.extend(
+                self.base
+                    .iter()
+                    .zip(&self.base_phase)
+                    .map(|(&v, &ph)| v - season.offset(ph)),
+            );
+        } else {
+            scratch.extend_from_slice(&self.base);
+        }
+        let median = median_in_place(scratch);
+        let mean_abs =
+            scratch.iter().map(|v| (v - median).abs()).sum::<f64>() / scratch.len() as f64;
+        for v in scratch.iter_mut() {
+            *v = (*v - median).abs();
+        }
+        let mad = median_in_place(scratch);
+        // 1.4826·MAD estimates σ for normal data; when more than half the values
+        // are equal (quantised or idle series) MAD is 0 and the mean absolute
+        // deviation (·1.2533) takes over; the floor keeps a flat line finite.
+        let spread = (MAD_TO_SIGMA * mad)
+            .max(MEAN_ABS_TO_SIGMA * mean_abs)
+            .max(f64::MIN_POSITIVE);
+        (median, spread)
+    }
+
+    /// Records a point and on which side it was anomalous (0: normal); when
+    /// most recent points were anomalous on one side, the baseline is
+    /// replaced by the recent values (a new normal, level and spread) and
+    /// true is returned.
+    fn track_shift(&mut self, x: f64, phase: u16, side: i8, window: usize) -> bool {
+        if self.recent.len() < SHIFT_POINTS {
+            self.recent.push((x, phase, side));
+        } else {
+            self.recent[usize::from(self.recent_next) % SHIFT_POINTS] = (x, phase, side);
+        }
+        self.recent_next = ((usize::from(self.recent_next) + 1) % SHIFT_POINTS) as u8;
+        let same = self
+            .recent
+            .iter()
+            .filter(|r| side != 0 && r.2 == side)
+            .count();
+        if same < SHIFT_QUORUM {
+            return false;
+        }
+        // Oldest first, so the ring keeps its order.
+        let start = usize::from(self.recent_next) % self.recent.len();
+        let ordered: Vec<(f64, u16, i8)> = self.recent[start..]
+            .iter()
+            .chain(&self.recent[..start])
+            .copied()
+            .collect();
+        self.base.clear();
+        self.base_phase.clear();
+        self.base_next = 0;
+        for (v, ph, _) in ordered {
+            self.push_base(v, ph, window);
+        }
+        for r in &mut self.recent {
+            r.2 = 0;
+        }
+        true
+    }
+}
+
+/// The series' own distribution of large deviations (peaks over a threshold,
+/// as in SPOT, Siffer et al. 2017): a generalised Pareto tail fitted by the
+/// method of moments to the recent peaks of |z|, so that a deviation is
+/// judged against how large this series' deviations usually get.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct PeakTail {
+    peaks: Vec<f32>,
+    next: u16,
+    /// Long-run fraction of points whose |z| exceeds `PEAK_Z`.
+    rate: f64,
+    n: u64,
+}
+
+impl PeakTail {
+    /// Surprise of |z| = `az` under the fitted tail; `None` until enough peaks are known.
+    fn surprise(&self, az: f64) -> Option<f64> {
+        if self.peaks.len() < MIN_PEAKS {
+            return None;
+        }
+        if az <= PEAK_Z {
+            return Some(0.0);
+        }
+        let k = self.peaks.len() as f64;
+        let mean = self.peaks.iter().map(|&y| f64::from(y)).sum::<f64>() / k;
+        let var = self
+            .peaks
+            .iter()
+            .map(|&y| (f64::from(y) - mean).powi(2))
+            .sum::<f64>()
+            / k;
+        let y = az - PEAK_Z;
+        let log_tail = if var <= 0.0 || mean <= 0.0 {
+            -y / mean.max(1e-9)
+        } else {
+            // Method of moments for the generalised Pareto distribution.
+            let r = mean * mean / var;
+            let xi = 0.5 * (1.0 - r);
+            if xi < 1e-6 {
+                // ξ < 0 would give the tail a finite end point and make
+                // anything beyond the largest peak seen "impossible";
+                // telemetry has no such bound, so a light tail is fitted as
+                // an exponential one (σ = mean excess).
+                -y / mean
+            } else {
+                let sigma = 0.5 * mean * (r + 1.0);
+                -(1.0 + xi * y / sigma).ln() / xi
+            }
+        };
+        let log_p = self.rate.max(1e-6).ln() + log_tail;
+        Some((-log_p / std::f64::consts::LN_10).max(0.0))
+    }
+
+    fn learn(&mut self, az: f64, memory: u64) {
         self.n += 1;
-        if self.n == 1 {
-            self.mean = x;
-            self.var = 0.0;
+        let alpha = 1.0 / (self.n.min(memory.max(1)) as f64);
+        let exceeded = az > PEAK_Z;
+        self.rate += alpha * (f64::from(u8::from(exceeded)) - self.rate);
+        if !exceeded || !az.is_finite() {
             return;
         }
-        let alpha = weight / (self.n.min(p.window) as f64);
-        let sd = self.var.sqrt();
-        let resid = x - self.mean;
-        // Clip the residual at 4 spreads so a spike barely moves the baseline.
-        let clipped = if sd > 0.0 && self.n > p.min_samples {
-            resid.clamp(-4.0 * sd, 4.0 * sd)
+        let y = (az - PEAK_Z) as f32;
+        if self.peaks.len() < MAX_PEAKS {
+            self.peaks.push(y);
         } else {
-            resid
-        };
-        self.mean += alpha * clipped;
-        self.var = (1.0 - alpha) * (self.var + alpha * clipped * clipped);
+            self.peaks[usize::from(self.next) % MAX_PEAKS] = y;
+        }
+        self.next = ((usize::from(self.next) + 1) % MAX_PEAKS) as u16;
     }
+}
+
+/// Time-of-day profile: per bin, the typical offset of the value from the
+/// (deseasonalised) baseline median.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Seasonal {
+    offsets: Vec<f32>,
+    counts: Vec<u8>,
+    first_ns: u64,
+    started: bool,
+}
+
+impl Seasonal {
+    fn offset(&self, phase: u16) -> f64 {
+        self.offsets
+            .get(usize::from(phase))
+            .map_or(0.0, |&v| f64::from(v))
+    }
+
+    /// True when the profile has seen enough days, and this bin enough
+    /// points, to be trusted.
+    fn ready(&self, phase: u16, time_ns: u64) -> bool {
+        self.started
+            && time_ns.saturating_sub(self.first_ns) >= SEASON_MIN_HISTORY_NS
+            && self
+                .counts
+                .get(usize::from(phase))
+                .is_some_and(|&c| c >= SEASON_MIN_PER_BIN)
+    }
+
+    fn learn(&mut self, phase: u16, time_ns: u64, residual: f64) {
+        if !self.started {
+            self.started = true;
+            self.first_ns = time_ns;
+            self.offsets = vec![0.0; DAY_BINS];
+            self.counts = vec![0; DAY_BINS];
+        }
+        let i = usize::from(phase);
+        let (Some(o), Some(c)) = (self.offsets.get_mut(i), self.counts.get_mut(i)) else {
+            return;
+        };
+        *c = c.saturating_add(1);
+        let alpha = 1.0 / f64::from((*c).min(SEASON_MEMORY));
+        *o += (alpha * (residual - f64::from(*o))) as f32;
+    }
+}
+
+/// Time-of-day bin of `time_ns` (UTC).
+fn phase_of(time_ns: u64) -> u16 {
+    let day_ns = 86_400 * 1_000_000_000u64;
+    ((time_ns % day_ns) / (day_ns / DAY_BINS as u64)) as u16
+}
+
+/// Score (0–100) of a surprise (−log10 of a tail probability): 50 at a
+/// 1-in-100,000 event (Numenta's alert level for the anomaly likelihood),
+/// 75 at 1 in 10^10, approaching 100 without reaching it, so that rarer
+/// events still rank higher.
+fn score_of_surprise(surprise: f64) -> f32 {
+    (100.0 * (1.0 - (-surprise.max(0.0) / SURPRISE_SCALE).exp())) as f32
+}
+
+/// Raw score (0–1) of a point for the likelihood layer: 0 up to a 1-in-1,000
+/// event (routine in telemetry), growing with the surprise beyond.
+fn raw_of_surprise(surprise: f64) -> f64 {
+    1.0 - (-(surprise - POINT_ANOMALY_SURPRISE).max(0.0) / RAW_SURPRISE_SCALE).exp()
+}
+
+/// Median of `v` (reorders it); 0 for an empty slice.
+fn median_in_place(v: &mut [f64]) -> f64 {
+    let n = v.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let (_, &mut hi, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
+    if n % 2 == 1 {
+        return hi;
+    }
+    let lo = v[..n / 2].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    0.5 * (lo + hi)
 }
 
 /// The metric detector for one environment (or one shard of it).
@@ -147,6 +554,7 @@ impl SeriesState {
 pub struct MetricDetector {
     params: MetricParams,
     series: BoundedMap<SeriesState>,
+    scratch: Vec<f64>,
 }
 
 impl MetricDetector {
@@ -155,6 +563,7 @@ impl MetricDetector {
         Self {
             params,
             series: BoundedMap::new(params.max_series),
+            scratch: Vec::with_capacity(MAX_WINDOW),
         }
     }
 
@@ -168,40 +577,17 @@ impl MetricDetector {
         self.series.restore_snapshot(snap);
     }
 
-    /// Scores one point of series `key` and learns from it. `None` when the
-    /// point carries nothing to score (first point of a cumulative series).
-    pub fn observe(&mut self, key: KeyHash, value: PointValue) -> Option<Verdict> {
-        let p = self.params;
+    /// Scores one point of series `key` at `time_ns` and learns from it.
+    /// `None` when the point carries nothing to score (first point of a
+    /// cumulative series, non-finite value).
+    pub fn observe(&mut self, key: KeyHash, time_ns: u64, value: PointValue) -> Option<Verdict> {
         let (st, _overflow) = self.series.get_or_insert(key, SeriesState::default);
-        let (x, what) = st.scored_value(value)?;
-        if !x.is_finite() {
-            return None;
-        }
-        if st.n < p.min_samples {
-            st.learn(x, 1.0, &p);
-            return Some(Verdict::cold_start(st.n - 1, p.min_samples));
-        }
-        // Spread floor: 0.1% of the level, so a flat series is not infinitely sensitive to noise.
-        let spread = (st.var + (1e-3 * st.mean).powi(2) + 1e-12).sqrt();
-        let z = (x - st.mean).abs() / spread;
-        let tail = erfc(z / std::f64::consts::SQRT_2);
-        let score = score_from_tail_probability(tail);
-        let verdict = Verdict::scored(
-            score,
-            Explanation::Metric {
-                observed: x,
-                baseline: st.mean,
-                spread,
-                what,
-            },
-        );
-        let weight = if score >= ANOMALOUS_SCORE {
-            ANOMALOUS_WEIGHT as f64
-        } else {
-            1.0
-        };
-        st.learn(x, weight, &p);
-        Some(verdict)
+        st.observe(time_ns, value, &self.params, &mut self.scratch)
+    }
+
+    /// Per-series states (for memory accounting and snapshots).
+    pub fn states(&self) -> impl Iterator<Item = &SeriesState> {
+        self.series.values()
     }
 
     /// Number of tracked series.
@@ -218,7 +604,8 @@ impl MetricDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::Severity;
+    use crate::detect::likelihood;
+    use crate::detect::ANOMALOUS_SCORE;
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     #[test]
@@ -228,16 +615,16 @@ mod tests {
         let mut max_normal = 0.0f32;
         for i in 0..2_000 {
             let x = 100.0 + rng.random_range(-5.0..5.0);
-            let v = d.observe(1, PointValue::Gauge(x)).unwrap();
+            let v = d.observe(1, 0, PointValue::Gauge(x)).unwrap();
             if i > 100 {
                 max_normal = max_normal.max(v.score);
             }
         }
         assert!(max_normal < 25.0, "normal noise scored {max_normal}");
-        let v = d.observe(1, PointValue::Gauge(200.0)).unwrap();
+        let v = d.observe(1, 0, PointValue::Gauge(200.0)).unwrap();
         assert!(v.score >= 75.0, "spike scored {}", v.score);
         // The spike did not move the baseline much: the next normal value is normal.
-        let v = d.observe(1, PointValue::Gauge(101.0)).unwrap();
+        let v = d.observe(1, 0, PointValue::Gauge(101.0)).unwrap();
         assert!(v.score < 25.0, "{}", v.score);
     }
 
@@ -250,6 +637,7 @@ mod tests {
         assert!(d
             .observe(
                 9,
+                0,
                 PointValue::CumulativeSum {
                     value: 10.0,
                     start_ns: 1
@@ -261,6 +649,7 @@ mod tests {
             total += 10.0;
             d.observe(
                 9,
+                0,
                 PointValue::CumulativeSum {
                     value: total,
                     start_ns: 1,
@@ -271,6 +660,7 @@ mod tests {
         let v = d
             .observe(
                 9,
+                0,
                 PointValue::CumulativeSum {
                     value: 10.0,
                     start_ns: 2,
@@ -282,6 +672,7 @@ mod tests {
         let v = d
             .observe(
                 9,
+                0,
                 PointValue::CumulativeSum {
                     value: 110.0,
                     start_ns: 2,
@@ -291,10 +682,176 @@ mod tests {
         assert!(v.score >= 75.0, "jump scored {}", v.score);
     }
 
+    const MIN5: u64 = 300 * 1_000_000_000;
+    /// 2014-04-01 00:00 UTC: series start at midnight, like NAB's.
+    const T0: u64 = 1_396_310_400 * 1_000_000_000;
+
+    fn gauge(d: &mut MetricDetector, i: u64, x: f64) -> Verdict {
+        d.observe(1, T0 + i * MIN5, PointValue::Gauge(x))
+            .expect("gauges are always scored")
+    }
+
+    fn baseline(v: &Verdict) -> f64 {
+        match v.explanation {
+            Explanation::Metric { baseline, .. } => baseline,
+            ref other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn level_shift_is_alerted_once_then_learned() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut d = MetricDetector::new(MetricParams::default());
+        let mut i = 0;
+        let mut before = 0;
+        for _ in 0..1_000 {
+            let v = gauge(&mut d, i, 100.0 + rng.random_range(-5.0..5.0));
+            before += usize::from(i > 100 && v.score >= ANOMALOUS_SCORE);
+            i += 1;
+        }
+        assert_eq!(before, 0, "alerts on plain noise");
+        let mut alerts = Vec::new();
+        let mut last = Vec::new();
+        for k in 0..600 {
+            let v = gauge(&mut d, i, 200.0 + rng.random_range(-5.0..5.0));
+            if v.score >= ANOMALOUS_SCORE {
+                alerts.push(k);
+            }
+            if k >= 200 {
+                last.push(v);
+            }
+            i += 1;
+        }
+        assert_eq!(alerts, vec![0], "the shift alerts once, at once");
+        let max_late = last.iter().map(|v| v.score).fold(0.0f32, f32::max);
+        assert!(max_late < 25.0, "the new level is normal now: {max_late}");
+        let b = baseline(last.last().expect("points"));
+        assert!((b - 200.0).abs() < 3.0, "baseline {b}");
+    }
+
+    #[test]
+    fn anomalous_points_stay_out_of_the_baseline() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut d = MetricDetector::new(MetricParams::default());
+        let mut i = 0;
+        for _ in 0..500 {
+            gauge(&mut d, i, 100.0 + rng.random_range(-5.0..5.0));
+            i += 1;
+        }
+        // An outage shorter than a level shift: 8 points at 0.
+        let mut outage = Vec::new();
+        for _ in 0..8 {
+            outage.push(gauge(&mut d, i, 0.0));
+            i += 1;
+        }
+        assert!(outage[0].score >= ANOMALOUS_SCORE, "{}", outage[0].score);
+        for v in &outage {
+            let b = baseline(v);
+            assert!((b - 100.0).abs() < 3.0, "outage moved the baseline to {b}");
+        }
+        let after = gauge(&mut d, i, 101.0);
+        assert!((baseline(&after) - 100.0).abs() < 3.0);
+        // Once the outage has left the likelihood's short window, normal is normal.
+        let mut late = 0.0f32;
+        for k in 1..=20 {
+            let v = gauge(&mut d, i + k, 100.0 + rng.random_range(-5.0..5.0));
+            if k > likelihood::SHORT_WINDOW as u64 {
+                late = late.max(v.score);
+            }
+        }
+        assert!(late < 25.0, "normal values after the outage scored {late}");
+    }
+
+    #[test]
+    fn daily_profile_is_used_only_after_two_days() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut d = MetricDetector::new(MetricParams::default());
+        let per_day = 288u64;
+        // Peak at 06:00 UTC (point 72 of each day).
+        let value = |i: u64, noise: f64| {
+            let phase = (i % per_day) as f64 / per_day as f64;
+            100.0 + 50.0 * (2.0 * std::f64::consts::PI * phase).sin() + noise
+        };
+        let mut at_six = Vec::new();
+        let mut max_day4 = 0.0f32;
+        for i in 0..5 * per_day {
+            let v = gauge(&mut d, i, value(i, rng.random_range(-1.0..1.0)));
+            if i % per_day == 72 {
+                at_six.push(baseline(&v));
+            }
+            if i / per_day == 4 {
+                max_day4 = max_day4.max(v.score);
+            }
+        }
+        // Day 1: no profile yet, the baseline is the recent median, far from the peak.
+        assert!(
+            (at_six[1] - 150.0).abs() > 20.0,
+            "day 1 baseline {}",
+            at_six[1]
+        );
+        // Days 3 and 4: the profile predicts the daily peak.
+        for day in [3, 4] {
+            assert!(
+                (at_six[day] - 150.0).abs() < 5.0,
+                "day {day} baseline {}",
+                at_six[day]
+            );
+        }
+        assert!(
+            max_day4 < ANOMALOUS_SCORE,
+            "daily cycle alerted: {max_day4}"
+        );
+        // A spike at the daily trough is still caught.
+        let trough = 5 * per_day + 216;
+        for i in 5 * per_day..trough {
+            gauge(&mut d, i, value(i, rng.random_range(-1.0..1.0)));
+        }
+        let v = gauge(&mut d, trough, value(trough, 0.0) + 60.0);
+        assert!(
+            v.score >= ANOMALOUS_SCORE,
+            "spike at the trough scored {}",
+            v.score
+        );
+    }
+
+    #[test]
+    fn series_state_is_bounded_and_round_trips() {
+        let params = MetricParams {
+            window: MAX_WINDOW as u64,
+            ..MetricParams::default()
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut d = MetricDetector::new(params);
+        let next = |i: u64, rng: &mut StdRng| {
+            let spike = if i.is_multiple_of(97) { 80.0 } else { 0.0 };
+            let daily = 20.0 * ((i % 288) as f64 / 288.0 * std::f64::consts::TAU).sin();
+            100.0 + daily + spike + rng.random_range(-3.0..3.0)
+        };
+        for i in 0..6_000 {
+            let x = next(i, &mut rng);
+            gauge(&mut d, i, x);
+        }
+        let state = d.states().next().expect("one series");
+        let bytes = state.memory_bytes();
+        assert!(bytes <= 8 * 1024, "series state holds {bytes} bytes");
+        // A restored copy scores the rest of the stream exactly like the original.
+        let bytes = postcard::to_stdvec(state).expect("serialize");
+        let mut copy: SeriesState = postcard::from_bytes(&bytes).expect("deserialize");
+        let mut scratch = Vec::new();
+        for i in 6_000..6_500 {
+            let x = next(i, &mut rng);
+            let a = gauge(&mut d, i, x);
+            let b = copy
+                .observe(T0 + i * MIN5, PointValue::Gauge(x), &params, &mut scratch)
+                .expect("scored");
+            assert_eq!(a, b, "point {i}");
+        }
+    }
+
     #[test]
     fn first_points_are_cold_start() {
         let mut d = MetricDetector::new(MetricParams::default());
-        let v = d.observe(1, PointValue::Gauge(1.0)).unwrap();
+        let v = d.observe(1, 0, PointValue::Gauge(1.0)).unwrap();
         assert_eq!(v.severity, Severity::ColdStart);
     }
 
@@ -310,6 +867,7 @@ mod tests {
             s += 10.0 * (20.0 + (i % 3) as f64);
             d.observe(
                 5,
+                0,
                 PointValue::Histogram {
                     count: c,
                     sum: s,
@@ -323,6 +881,7 @@ mod tests {
         let v = d
             .observe(
                 5,
+                0,
                 PointValue::Histogram {
                     count: c,
                     sum: s,

@@ -7,6 +7,7 @@
 
 pub mod interval;
 pub mod keys;
+pub mod likelihood;
 pub mod log;
 pub mod metric;
 pub mod rate;

@@ -58,6 +58,7 @@ impl Detectors {
             min_samples: d.metrics.min_samples,
             window: d.metrics.window,
             max_series: d.metrics.max_series.div_ceil(SHARDS),
+            ..MetricParams::default()
         };
         let log_params = RateParams {
             interval_ns: span_params.interval_ns,
@@ -190,10 +191,10 @@ impl Detectors {
             .sum()
     }
 
-    fn point(&self, key: KeyHash, v: PointValue) -> Option<Verdict> {
+    fn point(&self, key: KeyHash, time_ns: u64, v: PointValue) -> Option<Verdict> {
         let shard = &self.metrics[(key % SHARDS as u64) as usize];
         let mut d = shard.lock().unwrap_or_else(|p| p.into_inner());
-        d.observe(key, v)
+        d.observe(key, time_ns, v)
     }
 
     fn log(&self, service: &str, time_ns: u64, severity: i32) -> Verdict {
@@ -501,7 +502,7 @@ impl Processor {
                         attrs_json.clear();
                         crate::export::document::attributes(&mut attrs_json, p.attributes());
                         let series = key_hash(&[&res_json, m.name.as_bytes(), &attrs_json]);
-                        let verdict = self.detectors.point(series, pv);
+                        let verdict = self.detectors.point(series, p.times().1, pv);
                         if let Some(v) = &verdict {
                             self.note(Signal::metrics, service, &m.name, v);
                         }
