@@ -5,12 +5,10 @@
 mod agg;
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agg::*;
 use common::{eventually, metric_value, span, trace_request, Sidecar};
-use otel_anomaly::config::{self, FlagOverrides};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -31,36 +29,23 @@ async fn aggregator_down_spans_flow_events_buffer_then_drop_oldest() {
         .local_addr()
         .unwrap();
 
-    let token_file = dir.path().join("push.token");
-    std::fs::write(&token_file, DEV_TOKEN).unwrap();
-    let env: BTreeMap<String, String> = [
-        ("OTEL_ANOMALY_PUSH__URL", format!("http://{dead}")),
-        (
-            "OTEL_ANOMALY_PUSH__TOKEN_FILE",
-            token_file.display().to_string(),
-        ),
-        ("OTEL_ANOMALY_PUSH__BUFFER_EVENTS", "5".into()),
-        ("OTEL_ANOMALY_PUSH__BATCH_EVENTS", "2".into()),
-        ("OTEL_ANOMALY_PUSH__HEARTBEAT_INTERVAL", "200ms".into()),
-        ("OTEL_ANOMALY_PUSH__INITIAL_BACKOFF", "50ms".into()),
-        ("OTEL_ANOMALY_PUSH__MAX_BACKOFF", "200ms".into()),
-        ("OTEL_ANOMALY_PUSH__TIMEOUT", "2s".into()),
-        ("OTEL_ANOMALY_PUSH__SIDECAR_ID", "dev-sidecar".into()),
-        // No detector events of its own in this test: only the ones sent below.
-        ("OTEL_ANOMALY_DETECT__SPANS__MIN_SAMPLES", "1000000".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let mut cfg = config::resolve(None, &env, &FlagOverrides::default()).unwrap();
-    let base = common::base_config(dir.path());
-    cfg.settings.receiver = base.settings.receiver.clone();
-    cfg.settings.admin = base.settings.admin.clone();
-    cfg.settings.data_dir = base.settings.data_dir.clone();
-    cfg.settings.pipeline.workers = 1;
-    cfg.settings.shutdown_timeout = Duration::from_secs(5);
     // The aggregator's dev token is for environment "dev".
-    cfg.settings.environment = "dev".into();
+    let cfg = pushing_sidecar_config(
+        dir.path(),
+        "dev",
+        DEV_TOKEN,
+        &format!("http://{dead}"),
+        &[
+            ("OTEL_ANOMALY_PUSH__BUFFER_EVENTS", "5"),
+            ("OTEL_ANOMALY_PUSH__BATCH_EVENTS", "2"),
+            ("OTEL_ANOMALY_PUSH__INITIAL_BACKOFF", "50ms"),
+            ("OTEL_ANOMALY_PUSH__MAX_BACKOFF", "200ms"),
+            ("OTEL_ANOMALY_PUSH__TIMEOUT", "2s"),
+            ("OTEL_ANOMALY_PUSH__SIDECAR_ID", "dev-sidecar"),
+            // No detector events of its own in this test: only the ones sent below.
+            ("OTEL_ANOMALY_DETECT__SPANS__MIN_SAMPLES", "1000000"),
+        ],
+    );
     let sidecar = Sidecar::start(cfg).await;
     let handle = sidecar.running.push.clone().expect("push configured");
 

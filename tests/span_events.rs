@@ -6,13 +6,11 @@
 mod agg;
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agg::*;
 use common::{eventually, trace_request, Sidecar};
 use opentelemetry_proto::tonic::trace::v1::Span;
-use otel_anomaly::config::{self, FlagOverrides};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -44,28 +42,13 @@ async fn a_latency_fault_becomes_an_incident_in_the_aggregator() {
     let dir = tempfile::tempdir().unwrap();
     let agg = Agg::start(&write_config(dir.path(), "")).await;
 
-    let token_file = dir.path().join("dev-client.token");
-    std::fs::write(&token_file, DEV_TOKEN).unwrap();
-    let env: BTreeMap<String, String> = [
-        ("OTEL_ANOMALY_ENVIRONMENT", "dev".to_string()),
-        ("OTEL_ANOMALY_PUSH__URL", agg.grpc_url()),
-        (
-            "OTEL_ANOMALY_PUSH__TOKEN_FILE",
-            token_file.display().to_string(),
-        ),
-        ("OTEL_ANOMALY_PUSH__HEARTBEAT_INTERVAL", "200ms".into()),
-        ("OTEL_ANOMALY_DETECT__SPANS__INTERVAL", "1s".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let mut cfg = config::resolve(None, &env, &FlagOverrides::default()).unwrap();
-    let base = common::base_config(dir.path());
-    cfg.settings.receiver = base.settings.receiver.clone();
-    cfg.settings.admin = base.settings.admin.clone();
-    cfg.settings.data_dir = base.settings.data_dir.clone();
-    cfg.settings.pipeline.workers = 1;
-    cfg.settings.shutdown_timeout = Duration::from_secs(5);
+    let cfg = pushing_sidecar_config(
+        dir.path(),
+        "dev",
+        DEV_TOKEN,
+        &agg.grpc_url(),
+        &[("OTEL_ANOMALY_DETECT__SPANS__INTERVAL", "1s")],
+    );
     let sidecar = Sidecar::start(cfg).await;
     let mut grpc = sidecar.grpc().await;
     let mut seq = 0;

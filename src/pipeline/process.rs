@@ -148,30 +148,8 @@ impl Detectors {
         let logs: MapSnapshot<RateState> = snapshot::decode_map(&body.logs)?;
         let mut counts = (0, 0, logs.entries.len());
         // Shards are chosen by key, so a snapshot taken with another shard count still lands right.
-        for m in spans {
-            for (k, v, seen) in m.entries {
-                counts.0 += 1;
-                let mut d = self.spans[(k % SHARDS as u64) as usize]
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                d.restore(MapSnapshot {
-                    entries: vec![(k, v, seen)],
-                    overflow: None,
-                });
-            }
-        }
-        for m in metrics {
-            for (k, v, seen) in m.entries {
-                counts.1 += 1;
-                let mut d = self.metrics[(k % SHARDS as u64) as usize]
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                d.restore(MapSnapshot {
-                    entries: vec![(k, v, seen)],
-                    overflow: None,
-                });
-            }
-        }
+        counts.0 = restore_sharded(&self.spans, spans, |d, m| d.restore(m));
+        counts.1 = restore_sharded(&self.metrics, metrics, |d, m| d.restore(m));
         self.logs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -217,6 +195,33 @@ impl Detectors {
         }
         out
     }
+}
+
+/// Puts restored entries into the shard their key belongs to; returns how many.
+fn restore_sharded<D, V>(
+    shards: &[Mutex<D>],
+    maps: Vec<MapSnapshot<V>>,
+    restore: impl Fn(&mut D, MapSnapshot<V>),
+) -> usize {
+    let mut per_shard: Vec<Vec<(KeyHash, V, u64)>> = shards.iter().map(|_| Vec::new()).collect();
+    let mut n = 0;
+    for entry in maps.into_iter().flat_map(|m| m.entries) {
+        n += 1;
+        per_shard[(entry.0 % shards.len() as u64) as usize].push(entry);
+    }
+    for (shard, entries) in shards.iter().zip(per_shard) {
+        if !entries.is_empty() {
+            let mut d = shard.lock().unwrap_or_else(|p| p.into_inner());
+            restore(
+                &mut d,
+                MapSnapshot {
+                    entries,
+                    overflow: None,
+                },
+            );
+        }
+    }
+    n
 }
 
 /// Receives the caller → callee service edges of each traces request.

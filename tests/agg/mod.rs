@@ -171,3 +171,42 @@ pub async fn push(
     }
     client.push_events(req).await.map(|r| r.into_inner())
 }
+
+/// A sidecar configuration (loopback listeners and data under `dir`, one
+/// worker) whose `push:` section points at `url` with `token`, set through the
+/// `OTEL_ANOMALY_*` overrides as an operator would; `extra` adds overrides.
+pub fn pushing_sidecar_config(
+    dir: &Path,
+    environment: &str,
+    token: &str,
+    url: &str,
+    extra: &[(&str, &str)],
+) -> otel_anomaly::config::Config {
+    let token_file = dir.join(format!("{environment}-client.token"));
+    std::fs::write(&token_file, token).unwrap();
+    let mut env: std::collections::BTreeMap<String, String> = [
+        ("OTEL_ANOMALY_ENVIRONMENT", environment.to_string()),
+        ("OTEL_ANOMALY_PUSH__URL", url.to_string()),
+        (
+            "OTEL_ANOMALY_PUSH__TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        ("OTEL_ANOMALY_PUSH__HEARTBEAT_INTERVAL", "200ms".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let mut cfg =
+        otel_anomaly::config::resolve(None, &env, &otel_anomaly::config::FlagOverrides::default())
+            .expect("sidecar config");
+    let base = crate::common::base_config(dir);
+    cfg.settings.receiver = base.settings.receiver.clone();
+    cfg.settings.admin = base.settings.admin.clone();
+    cfg.settings.data_dir = base.settings.data_dir.clone();
+    cfg.settings.pipeline.workers = 1;
+    cfg.settings.shutdown_timeout = Duration::from_secs(5);
+    cfg
+}
