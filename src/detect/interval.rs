@@ -744,6 +744,24 @@ mod tests {
         t
     }
 
+    /// `intervals` calm intervals of `per` spans (uniform tail fractions, no errors).
+    fn calm(
+        st: &mut IntervalState,
+        t0: u64,
+        intervals: u64,
+        per: u64,
+        out: &mut Vec<AnomalyEvent>,
+    ) -> u64 {
+        run(
+            st,
+            t0,
+            intervals,
+            per,
+            |i, j| (uniform(j, per, i), false),
+            out,
+        )
+    }
+
     /// A deterministic "uniform" tail fraction: j-th of `per`, spread over (0,1).
     fn uniform(j: u64, per: u64, salt: u64) -> f64 {
         (((j * 7919 + salt * 104_729) % per) as f64 + 0.5) / per as f64
@@ -768,14 +786,7 @@ mod tests {
     fn latency_shift_opens_one_event_in_the_first_interval_and_closes() {
         let mut st = IntervalState::default();
         let mut out = Vec::new();
-        let t = run(
-            &mut st,
-            1_000 * IV,
-            100,
-            100,
-            |i, j| (uniform(j, 100, i), false),
-            &mut out,
-        );
+        let t = calm(&mut st, 1_000 * IV, 100, 100, &mut out);
         assert!(out.is_empty());
         // 40% of spans above p99 for 5 intervals.
         let t0 = t - t % IV + IV;
@@ -803,14 +814,7 @@ mod tests {
         );
         assert!(opened[0].explanation.contains("above the baseline p99"));
         let t0 = t - t % IV + IV;
-        run(
-            &mut st,
-            t0,
-            10,
-            100,
-            |i, j| (uniform(j, 100, i), false),
-            &mut out,
-        );
+        calm(&mut st, t0, 10, 100, &mut out);
         let closed: Vec<_> = out
             .iter()
             .filter(|e| e.status == EventStatus::Closed)
@@ -824,14 +828,7 @@ mod tests {
     fn throughput_drop_is_seen_even_when_no_span_arrives() {
         let mut st = IntervalState::default();
         let mut out = Vec::new();
-        let t = run(
-            &mut st,
-            1_000 * IV,
-            200,
-            50,
-            |i, j| (uniform(j, 50, i), false),
-            &mut out,
-        );
+        let t = calm(&mut st, 1_000 * IV, 200, 50, &mut out);
         assert!(out.is_empty(), "{out:?}");
         let t0 = t - t % IV + IV;
         // No spans at all: ticks only.
@@ -848,23 +845,9 @@ mod tests {
     fn lasting_throughput_level_is_alerted_once_then_learned() {
         let mut st = IntervalState::default();
         let mut out = Vec::new();
-        let t = run(
-            &mut st,
-            1_000 * IV,
-            200,
-            100,
-            |i, j| (uniform(j, 100, i), false),
-            &mut out,
-        );
+        let t = calm(&mut st, 1_000 * IV, 200, 100, &mut out);
         let t0 = t - t % IV + IV;
-        run(
-            &mut st,
-            t0,
-            (ACCEPT_AFTER as u64) * 3,
-            40,
-            |i, j| (uniform(j, 40, i), false),
-            &mut out,
-        );
+        calm(&mut st, t0, (ACCEPT_AFTER as u64) * 3, 40, &mut out);
         let opened = out
             .iter()
             .filter(|e| e.status == EventStatus::Opened)
