@@ -3,11 +3,13 @@
 //! Data flows one way: receiver → pipeline → detect → enrich → export.
 //! Detectors never import receivers or exporters.
 
+pub mod bench_sink;
 pub mod config;
 pub mod demo;
 pub mod detect;
 pub mod enrich;
 pub mod export;
+pub mod loadgen;
 pub mod nab;
 pub mod pipeline;
 pub mod receiver;
