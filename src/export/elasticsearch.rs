@@ -314,7 +314,8 @@ fn backoff(attempt: u32, es: &ElasticsearchSettings) -> Duration {
     Duration::from_millis(ms)
 }
 
-fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+/// Gzips a bulk body at level 1.
+pub fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
     // Level 1: most of the size win for a fraction of the CPU of the default level.
     let mut enc = flate2::write::GzEncoder::new(
