@@ -17,7 +17,7 @@ use otel_anomaly::config::Settings;
 use otel_anomaly::detect::keys::key_hash;
 use otel_anomaly::detect::metric::{MetricDetector, MetricParams, PointValue};
 use otel_anomaly::detect::span::{SpanDetector, SpanObs, SpanParams};
-use otel_anomaly::export::bulk::build_body;
+use otel_anomaly::export::bulk::{build_body, ActionPrefixes};
 use otel_anomaly::export::document::{
     encode_resource, encode_scope, encode_span, span_is_error, DataStream, Shared,
 };
@@ -26,7 +26,7 @@ use otel_anomaly::export::Doc;
 use otel_anomaly::loadgen::payload::{prepare, Encoding, SignalKind};
 use otel_anomaly::pipeline::process::Processor;
 use otel_anomaly::pipeline::{AnomalyFeed, Payload};
-use otel_anomaly::telemetry::{Metrics, Signal};
+use otel_anomaly::telemetry::Metrics;
 use prost::Message;
 
 const SPANS: usize = 500;
@@ -222,13 +222,25 @@ fn docs_for_bulk() -> Vec<Doc> {
 
 fn bulk_body(c: &mut Criterion) {
     let docs = docs_for_bulk();
+    let prefixes = ActionPrefixes::new(|s| format!("{}-otel-bench", s.as_str()));
+    let mut body = Vec::new();
+    build_body(&docs, &prefixes, &mut body);
+    let gz = gzip(&body).expect("gzip into memory");
+    eprintln!(
+        "bulk body: {} documents, {} bytes ({:.0} per document), gzip level 1: {} bytes ({:.1}x)",
+        docs.len(),
+        body.len(),
+        body.len() as f64 / docs.len() as f64,
+        gz.len(),
+        body.len() as f64 / gz.len() as f64
+    );
     let mut g = c.benchmark_group("bulk_body");
     g.throughput(Throughput::Elements(docs.len() as u64));
     g.bench_function("build", |b| {
         let mut out = Vec::with_capacity(4 << 20);
         b.iter(|| {
             out.clear();
-            build_body(&docs, |d| Signal::as_str(d.signal).to_string(), &mut out);
+            build_body(&docs, &prefixes, &mut out);
             black_box(out.len())
         })
     });
@@ -236,7 +248,7 @@ fn bulk_body(c: &mut Criterion) {
         let mut out = Vec::with_capacity(4 << 20);
         b.iter(|| {
             out.clear();
-            build_body(&docs, |d| Signal::as_str(d.signal).to_string(), &mut out);
+            build_body(&docs, &prefixes, &mut out);
             black_box(gzip(&out).expect("gzip into memory").len())
         })
     });

@@ -19,13 +19,16 @@ use crate::detect::span::{SpanDetector, SpanObs, SpanParams};
 use crate::detect::{Verdict, ANOMALOUS_SCORE};
 use crate::export::document::{
     attr_str, encode_log, encode_point, encode_resource, encode_scope, encode_span, hex,
-    span_is_error, DataStream, PointRef, Shared,
+    hex_concat, span_is_error, DataStream, PointRef, Shared,
 };
-use crate::export::Doc;
+use crate::export::{Doc, DocBatch};
 use crate::telemetry::{Metrics, Signal, SignalLabels};
 
 /// Detector state is split into shards by key hash so workers rarely contend.
 const SHARDS: usize = 16;
+
+/// Room reserved per document in a request's shared buffer (a typical span document is ~1 KiB).
+const DOC_BYTES: usize = 1024;
 
 /// Service name used when a resource has none (the OTel SDK default prefix).
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -198,7 +201,8 @@ impl Processor {
         &self,
         req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
     ) -> Vec<Doc> {
-        let mut docs = Vec::new();
+        let spans = req.resource_spans.iter().flat_map(|r| &r.scope_spans);
+        let mut docs = DocBatch::with_capacity(spans.map(|s| s.spans.len()).sum(), DOC_BYTES);
         for rs in &req.resource_spans {
             let (service, res_json) = resource_parts(rs.resource.as_ref(), &rs.schema_url);
             for ss in &rs.scope_spans {
@@ -218,29 +222,21 @@ impl Processor {
                     };
                     let verdict = self.detectors.span(&obs);
                     self.note(Signal::traces, service, &s.name, &verdict);
-                    let mut source = Vec::with_capacity(512);
-                    encode_span(
-                        &mut source,
-                        s,
-                        &shared,
-                        &self.data_stream,
-                        &verdict,
-                        &s.name,
-                    );
-                    let mut id = hex(&s.trace_id);
-                    id.push_str(&hex(&s.span_id));
-                    docs.push(Doc::new(Signal::traces, id, source));
+                    let id = hex_concat(&[&s.trace_id, &s.span_id]);
+                    docs.push(Signal::traces, id, |out| {
+                        encode_span(out, s, &shared, &self.data_stream, &verdict, &s.name)
+                    });
                 }
             }
         }
-        docs
+        docs.finish()
     }
 
     fn metric_points(
         &self,
         req: opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
     ) -> Vec<Doc> {
-        let mut docs = Vec::new();
+        let mut docs = DocBatch::with_capacity(0, DOC_BYTES);
         let mut attrs_json = Vec::with_capacity(128);
         for rm in &req.resource_metrics {
             let (service, res_json) = resource_parts(rm.resource.as_ref(), &rm.schema_url);
@@ -322,15 +318,6 @@ impl Processor {
                         if let Some(v) = &verdict {
                             self.note(Signal::metrics, service, &m.name, v);
                         }
-                        let mut source = Vec::with_capacity(512);
-                        encode_point(
-                            &mut source,
-                            m,
-                            p,
-                            &shared,
-                            &self.data_stream,
-                            verdict.as_ref(),
-                        );
                         let (start, time) = p.times();
                         let id = id128(&[
                             &series.to_le_bytes(),
@@ -340,19 +327,21 @@ impl Processor {
                             &start.to_le_bytes(),
                             &time.to_le_bytes(),
                         ]);
-                        docs.push(Doc::new(Signal::metrics, id, source));
+                        docs.push(Signal::metrics, id, |out| {
+                            encode_point(out, m, p, &shared, &self.data_stream, verdict.as_ref())
+                        });
                     }
                 }
             }
         }
-        docs
+        docs.finish()
     }
 
     fn logs(
         &self,
         req: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
     ) -> Vec<Doc> {
-        let mut docs = Vec::new();
+        let mut docs = DocBatch::with_capacity(0, DOC_BYTES);
         let mut encoded = Vec::with_capacity(256);
         for rl in &req.resource_logs {
             let (service, res_json) = resource_parts(rl.resource.as_ref(), &rl.schema_url);
@@ -370,25 +359,25 @@ impl Processor {
                         .unwrap_or_else(now_ns);
                     let verdict = self.detectors.log(service, time_ns, r.severity_number);
                     self.note(Signal::logs, service, service, &verdict);
-                    let mut source = Vec::with_capacity(512);
-                    encode_log(
-                        &mut source,
-                        r,
-                        time_ns,
-                        &shared,
-                        &self.data_stream,
-                        &verdict,
-                        service,
-                    );
                     encoded.clear();
                     // Encoding a prost message into a Vec cannot fail.
                     let _ = r.encode(&mut encoded);
                     let id = id128(&[&res_json, &scope_json, &encoded, &time_ns.to_le_bytes()]);
-                    docs.push(Doc::new(Signal::logs, id, source));
+                    docs.push(Signal::logs, id, |out| {
+                        encode_log(
+                            out,
+                            r,
+                            time_ns,
+                            &shared,
+                            &self.data_stream,
+                            &verdict,
+                            service,
+                        )
+                    });
                 }
             }
         }
-        docs
+        docs.finish()
     }
 }
 
