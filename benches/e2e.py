@@ -159,7 +159,8 @@ def sidecar_metric_sum(admin_port, name):
 class Target:
     """A process under measurement: the sidecar or Rotel."""
 
-    def __init__(self, kind, binary, rotel, workdir, cpus, sink, es_url=None, gzip=True, workers=0):
+    def __init__(self, kind, binary, rotel, workdir, cpus, sink, es_url=None, gzip=True, workers=0,
+                 max_queued=None):
         self.kind = kind
         self.grpc_port, self.http_port = free_port(), free_port()
         self.admin_port = free_port()
@@ -173,7 +174,8 @@ class Target:
                 "receiver": {"grpc": {"listen": f"127.0.0.1:{self.grpc_port}"},
                              "http": {"listen": f"127.0.0.1:{self.http_port}"}},
                 "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
-                "pipeline": {"workers": workers},
+                "pipeline": dict({"workers": workers},
+                                 **({"max_queued_records": max_queued} if max_queued else {})),
                 "log": {"level": "warn"},
                 "export": {"elasticsearch": {
                     "urls": [es_url or sink.url],
@@ -259,9 +261,11 @@ def wait_delivered(target, es_mode, expected, timeout=60):
 
 def measure(args, binary, rotel, workdir, sink, spec, target_cpus, load_cpus, es_url):
     kind, protocol, signal_ = spec["kind"], spec["protocol"], spec["signal"]
-    t = Target(kind, binary, rotel, workdir, target_cpus, sink, es_url=es_url,
-               gzip=spec.get("gzip", True), workers=spec.get("workers", 0))
+    t = Target(kind, spec.get("binary", binary), rotel, workdir, target_cpus, sink, es_url=es_url,
+               gzip=spec.get("gzip", True), workers=spec.get("workers", 0), max_queued=args.max_queued)
     es_mode = es_url is not None
+    # The sink times bulk documents and OTLP spans (not OTLP metric points).
+    timed = not es_mode and kind != "rotel-blackhole" and (kind == "sidecar" or signal_ == "traces")
     try:
         port = t.port_for(protocol)
         base = delivered(t, es_mode) or 0
@@ -297,7 +301,7 @@ def measure(args, binary, rotel, workdir, sink, spec, target_cpus, load_cpus, es
         rc = t.stop()
     result = {
         "name": spec["name"], "kind": kind, "protocol": protocol, "signal": signal_,
-        "gzip": spec.get("gzip"), "workers": spec.get("workers"),
+        "gzip": spec.get("gzip"), "workers": spec.get("workers"), "before": spec.get("before", False),
         "saturation_records_per_s": sat_rate,
         "ack_rate_records_per_s": sat["records_per_s"],
         "cpu_s": cpu_s, "wall_s": t1 - t0,
@@ -305,8 +309,8 @@ def measure(args, binary, rotel, workdir, sink, spec, target_cpus, load_cpus, es
         "peak_rss_mib": rss_kib / 1024,
         "latency_rate": half,
         "latency_achieved_rate": lat["records_per_s"],
-        "sink_age_p50_ms": sink_stats["latency_p50_us"] / 1000 if kind != "rotel-blackhole" and not es_mode else None,
-        "sink_age_p99_ms": sink_stats["latency_p99_us"] / 1000 if kind != "rotel-blackhole" and not es_mode else None,
+        "sink_age_p50_ms": sink_stats["latency_p50_us"] / 1000 if timed else None,
+        "sink_age_p99_ms": sink_stats["latency_p99_us"] / 1000 if timed else None,
         "ack_p50_ms": lat["latency"]["p50_us"] / 1000, "ack_p99_ms": lat["latency"]["p99_us"] / 1000,
         "refused_requests": w["requests_refused"] + sat["requests_refused"] + lat["requests_refused"],
         "failed_requests": w["requests_failed"] + sat["requests_failed"] + lat["requests_failed"],
@@ -336,6 +340,10 @@ def scenarios(args):
             out.append({"name": f"rotel otlp {tag}", "kind": "rotel-otlp", "protocol": proto, "signal": signal_})
             out.append({"name": f"rotel blackhole {tag}", "kind": "rotel-blackhole", "protocol": proto,
                         "signal": signal_})
+        if args.before_binary:
+            out.append({"name": f"sidecar(before) gzip {tag}", "kind": "sidecar", "protocol": proto,
+                        "signal": signal_, "gzip": True, "workers": 1, "binary": args.before_binary,
+                        "before": True})
         if not args.smoke and signal_ == "traces":
             out.append({"name": f"sidecar no-gzip {tag}", "kind": "sidecar", "protocol": proto,
                         "signal": signal_, "gzip": False, "workers": 1})
@@ -387,7 +395,7 @@ def summary(results, scaling):
     lines.append("")
     lines.append(f"{'ratio (same run)':<52}{'measured':>10}{'target':>10}")
     for r in results:
-        if r["kind"] != "sidecar" or not r.get("gzip") or r.get("workers") != 1:
+        if r["kind"] != "sidecar" or not r.get("gzip") or r.get("workers") != 1 or r.get("before"):
             continue
         tag = f"{r['signal']}/{r['protocol']}"
         fwd, bh = by.get(f"rotel otlp {tag}"), by.get(f"rotel blackhole {tag}")
@@ -399,6 +407,10 @@ def summary(results, scaling):
         if bh:
             lines.append(f"{'sidecar / rotel blackhole, CPU per record ' + tag:<52}"
                          f"{ratio(r['records_per_cpu_s'], bh['records_per_cpu_s']):>10.2f}{'>= 0.7':>10}")
+        old = by.get(f"sidecar(before) gzip {tag}")
+        if old:
+            lines.append(f"{'sidecar this build / before-binary ' + tag:<52}"
+                         f"{ratio(r['records_per_cpu_s'], old['records_per_cpu_s']):>10.2f}{'':>10}")
         ng = by.get(f"sidecar no-gzip {tag}")
         if ng:
             lines.append(f"{'sidecar gzip off / gzip on ' + tag:<52}"
@@ -427,6 +439,12 @@ def main():
     ap.add_argument("--es", choices=["null", "noida"], default="null",
                     help="sidecar output: the null bulk sink (default) or the real ES-compatible server noida-db")
     ap.add_argument("--scaling", action="store_true", help="also measure 1 vs 2 scoring workers (not pinned)")
+    ap.add_argument("--before-binary", type=Path, default=None,
+                    help="also measure this sidecar binary (e.g. a build of the previous commit) in the same run")
+    ap.add_argument("--max-queued", type=int, default=None,
+                    help="sidecar pipeline.max_queued_records (default: the sidecar's own default)")
+    ap.add_argument("--only", default=None,
+                    help="run only the targets whose name contains this text (e.g. traces/grpc)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
     args.duration = args.duration or (2 if args.smoke else 20)
@@ -456,8 +474,9 @@ def main():
         es_url = noida.url if noida else None
         try:
             for spec in scenarios(args):
-                if noida and spec["kind"] != "sidecar":
-                    pass  # Rotel forwards OTLP to the null sink in both modes.
+                if args.only and args.only not in spec["name"]:
+                    continue
+                # Rotel forwards OTLP to the null sink in both modes.
                 results.append(measure(args, binary, rotel, workdir, sink, spec, target_cpus, load_cpus,
                                        es_url if spec["kind"] == "sidecar" else None))
             if args.scaling and not args.smoke:
