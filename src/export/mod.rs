@@ -7,6 +7,8 @@ pub mod document;
 pub mod elasticsearch;
 pub mod file;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::Bytes;
 
 use crate::telemetry::Signal;
@@ -35,6 +37,9 @@ impl Doc {
     }
 }
 
+/// Average document size of the last finished batch (a capacity hint only).
+static RECENT_DOC_BYTES: AtomicUsize = AtomicUsize::new(0);
+
 /// Documents of one request, encoded back to back into one buffer: one
 /// allocation per request instead of one (or more, as it grows) per record.
 #[derive(Debug, Default)]
@@ -44,10 +49,18 @@ pub struct DocBatch {
 }
 
 impl DocBatch {
-    /// Room for `docs` documents of about `bytes_each` bytes.
+    /// Room for `docs` documents of about `bytes_each` bytes, or of the
+    /// size seen in recent batches when that is known: a buffer that has to
+    /// grow copies everything written so far (a visible cost in profiles).
     pub fn with_capacity(docs: usize, bytes_each: usize) -> Self {
+        let seen = RECENT_DOC_BYTES.load(Ordering::Relaxed);
+        let each = if seen > 0 {
+            seen + seen / 8
+        } else {
+            bytes_each
+        };
         Self {
-            buf: Vec::with_capacity(docs * bytes_each),
+            buf: Vec::with_capacity(docs * each),
             entries: Vec::with_capacity(docs),
         }
     }
@@ -71,6 +84,9 @@ impl DocBatch {
 
     /// The documents, each a slice of the shared buffer.
     pub fn finish(self) -> Vec<Doc> {
+        if !self.entries.is_empty() {
+            RECENT_DOC_BYTES.store(self.buf.len() / self.entries.len(), Ordering::Relaxed);
+        }
         let buf = Bytes::from(self.buf);
         self.entries
             .into_iter()
