@@ -395,7 +395,8 @@ def summary(results, scaling):
     lines.append("")
     lines.append(f"{'ratio (same run)':<52}{'measured':>10}{'target':>10}")
     for r in results:
-        if r["kind"] != "sidecar" or not r.get("gzip") or r.get("workers") != 1 or r.get("before"):
+        if (r["kind"] != "sidecar" or not r.get("gzip") or r.get("workers") != 1 or r.get("before")
+                or "unpinned" in r["name"]):
             continue
         tag = f"{r['signal']}/{r['protocol']}"
         fwd, bh = by.get(f"rotel otlp {tag}"), by.get(f"rotel blackhole {tag}")
