@@ -84,6 +84,7 @@ fn span_scoring(c: &mut Criterion) {
                         end_ns: s.end_time_unix_nano,
                         duration_ns: s.end_time_unix_nano - s.start_time_unix_nano,
                         is_error: span_is_error(s),
+                        trace_id: &s.trace_id,
                     };
                     v.push((o.key(), o));
                 }

@@ -59,6 +59,7 @@ fn spans() {
                 // Durations from 1 ms to ~1 s, so each sketch holds many buckets.
                 duration_ns: 1_000_000 * (1 + ((round * 7919 + i * 104_729) % 1000) as u64),
                 is_error: round % 50 == 0,
+                trace_id: &[7; 16],
             };
             black_box(det.observe(&obs));
         }

@@ -182,6 +182,30 @@ pub struct DetectSettings {
     pub spans: SpanDetectSettings,
     pub metrics: MetricDetectSettings,
     pub logs: LogDetectSettings,
+    pub snapshot: SnapshotSettings,
+}
+
+/// Detector state saved to disk and restored at start.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotSettings {
+    /// Save and restore detector state at all.
+    pub enabled: bool,
+    /// Snapshot file (default: `<data_dir>/detectors.snap`).
+    pub path: Option<PathBuf>,
+    /// How often the state is saved while running (it is also saved at shutdown).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: None,
+            interval: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Span detector.
@@ -196,8 +220,12 @@ pub struct SpanDetectSettings {
     /// Interval over which error rates are judged.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Cap on (service, span name, kind) keys; more share an overflow key.
+    /// Cap on (service, span name, kind) keys. When reached, keys idle for
+    /// `idle_eviction` make room; if none is idle, more share an overflow key.
     pub max_keys: usize,
+    /// A key not seen for this long may be evicted to make room for a new one.
+    #[serde(with = "humantime_serde")]
+    pub idle_eviction: Duration,
 }
 
 impl Default for SpanDetectSettings {
@@ -207,6 +235,7 @@ impl Default for SpanDetectSettings {
             min_samples: 50,
             interval: Duration::from_secs(10),
             max_keys: 10_000,
+            idle_eviction: Duration::from_secs(3_600),
         }
     }
 }
@@ -459,7 +488,17 @@ impl Config {
             .unwrap_or_else(|| self.settings.data_dir.join("ndjson"))
     }
 
-    /// Dead-letter file.
+    /// Detector snapshot file.
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.settings
+            .detect
+            .snapshot
+            .path
+            .clone()
+            .unwrap_or_else(|| self.settings.data_dir.join("detectors.snap"))
+    }
+
+    /// Where dead letters go.
     pub fn dead_letter_path(&self) -> PathBuf {
         self.settings
             .export
@@ -644,6 +683,12 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
     }
     if d.metrics.window == 0 {
         return Err(invalid("detect.metrics.window", "must be greater than 0"));
+    }
+    if d.snapshot.enabled && d.snapshot.interval < Duration::from_secs(1) {
+        return Err(invalid(
+            "detect.snapshot.interval",
+            "must be at least 1s (or set detect.snapshot.enabled: false)",
+        ));
     }
     let mut es_credentials = None;
     if let Some(es) = &s.export.elasticsearch {

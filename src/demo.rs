@@ -234,6 +234,21 @@ pub fn print_top(feed: &AnomalyFeed, window: Duration, elapsed: Duration) {
         elapsed.as_secs(),
         window.as_secs()
     );
+    for e in feed.events_since(since) {
+        let status = match e.status {
+            crate::detect::interval::EventStatus::Opened => "opened",
+            crate::detect::interval::EventStatus::Updated => "updated",
+            crate::detect::interval::EventStatus::Closed => "closed",
+        };
+        println!(
+            "    event {status}: {} / {} {} (score {:.0}): {}",
+            e.service,
+            e.name,
+            e.signal.as_str(),
+            e.score,
+            e.explanation
+        );
+    }
     if notes.is_empty() {
         println!("    (none)");
         return;

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod detect;
 pub mod enrich;
 pub mod export;
+pub mod faultbench;
 pub mod loadgen;
 pub mod nab;
 pub mod pipeline;

@@ -48,6 +48,25 @@ enum Command {
         #[command(flatten)]
         flags: CommonFlags,
     },
+    /// Run the trace-fault benchmark: synthetic span streams with injected faults
+    /// through the span detector; prints precision, recall, time to detect and false alerts.
+    Faultbench {
+        /// Number of span keys.
+        #[arg(long, default_value_t = 100)]
+        keys: usize,
+        /// Simulated time after the warm-up (e.g. 24h, 3h).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Warm-up without faults, not scored.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        /// Mean spans per second per key.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// RNG seed (runs are reproducible).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Send OTLP load (benchmarks): pre-encoded realistic payloads at a rate or flat out.
     Loadgen(LoadgenArgs),
     /// Null Elasticsearch/OTLP output for benchmarks: answers bulk requests with success and counts documents.
@@ -337,6 +356,16 @@ fn main() -> ExitCode {
             };
         }
         Command::BenchSink(args) => runtime().and_then(|rt| rt.block_on(run_bench_sink(args))),
+        Command::Faultbench {
+            keys,
+            duration,
+            warmup,
+            rate,
+            seed,
+        } => {
+            run_faultbench(*keys, *duration, *warmup, *rate, *seed);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -406,6 +435,41 @@ async fn run_bench_sink(a: &BenchSinkArgs) -> anyhow::Result<()> {
     otel_anomaly::bench_sink::serve(http, grpc, stats.clone(), token).await?;
     println!("{}", serde_json::to_string(&stats.view())?);
     Ok(())
+}
+
+fn run_faultbench(keys: usize, duration: Duration, warmup: Duration, rate: f64, seed: u64) {
+    use std::io::{IsTerminal, Write};
+    let p = otel_anomaly::faultbench::BenchParams {
+        keys,
+        duration_s: duration.as_secs(),
+        warmup_s: warmup.as_secs(),
+        mean_rate: rate,
+        seed,
+        ..Default::default()
+    };
+    eprintln!(
+        "trace-fault benchmark: {keys} keys, {} warm-up + {} scored, ~{rate} spans/s per key, seed {seed}",
+        humantime::format_duration(warmup),
+        humantime::format_duration(duration)
+    );
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let report = otel_anomaly::faultbench::run(&p, |done| {
+        if tty {
+            let el = started.elapsed().as_secs_f64();
+            let eta = if done > 0.0 { el / done - el } else { 0.0 };
+            eprint!(
+                "\r  {:5.1}%  elapsed {el:.0}s  eta {eta:.0}s ",
+                done * 100.0
+            );
+            let _ = std::io::stderr().flush();
+        }
+    });
+    if tty {
+        eprintln!();
+    }
+    print!("{}", report.render());
+    eprintln!("done in {:.1}s", started.elapsed().as_secs_f64());
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

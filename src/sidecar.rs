@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -16,6 +16,7 @@ use crate::export::elasticsearch::{self, EsExporter};
 use crate::export::file::FileSink;
 use crate::export::{stream_name, Doc};
 use crate::pipeline::process::{worker_loop, Processor};
+use crate::pipeline::snapshot::{self, Restored};
 use crate::pipeline::{Admission, AnomalyFeed, ExportCtx, Payload, Pipeline};
 use crate::receiver::{grpc, http};
 use crate::telemetry::{self, AdminState, Health, Metrics, Signal, SignalLabels};
@@ -38,6 +39,11 @@ pub enum StartError {
     Elasticsearch(#[from] elasticsearch::EsError),
     #[error("cannot start scoring worker: {0}")]
     Worker(std::io::Error),
+    #[error("detector snapshot {path} (detect.snapshot.path): {source}")]
+    Snapshot {
+        path: String,
+        source: crate::detect::snapshot::SnapshotError,
+    },
 }
 
 /// Batches that may wait for a scoring worker (records are capped separately by admission).
@@ -155,6 +161,32 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
 
     // Scoring workers.
     let processor = Arc::new(Processor::new(&s, &dataset, metrics.clone(), feed.clone()));
+    let snapshot_path = s.detect.snapshot.enabled.then(|| cfg.snapshot_path());
+    if let Some(path) = &snapshot_path {
+        match snapshot::restore(&processor, &s.environment, path) {
+            Ok(Restored::Missing) => {
+                tracing::info!(path = %path.display(), "no detector snapshot: cold start")
+            }
+            Ok(Restored::Loaded(keys, series, services)) => tracing::info!(
+                path = %path.display(),
+                span_keys = keys,
+                metric_series = series,
+                log_services = services,
+                "detector state restored"
+            ),
+            Ok(Restored::MovedAside(aside, why)) => tracing::warn!(
+                path = %path.display(),
+                moved_to = %aside.display(),
+                "detector snapshot unusable ({why}); starting cold"
+            ),
+            Err(source) => {
+                return Err(StartError::Snapshot {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+    }
     let n_workers = if s.pipeline.workers == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -221,14 +253,31 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
 
     // Detector gauges.
     let stats_token = shutdown.clone();
+    let interval_ns = s.detect.spans.interval.as_nanos() as u64;
     let (stats_proc, stats_metrics) = (processor.clone(), metrics.clone());
     tokio::spawn(async move {
         let mut last_overflow = (0u64, 0u64);
+        let mut last_evicted = 0u64;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = stats_token.cancelled() => break,
             }
+            // Judge the intervals of keys that went quiet (a throughput drop
+            // to zero), one interval of grace after their end for late spans.
+            let now_ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            stats_proc.tick(now_ns.saturating_sub(interval_ns));
+            let evicted = stats_proc.detectors().evicted_span_keys();
+            stats_metrics
+                .detector_evicted
+                .get_or_create(&SignalLabels {
+                    signal: Signal::traces,
+                })
+                .inc_by(evicted.saturating_sub(last_evicted));
+            last_evicted = evicted;
             let (span_keys, span_over, series, series_over) = stats_proc.detectors().stats();
             let m = &stats_metrics;
             m.detector_keys
@@ -255,6 +304,28 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         }
     });
 
+    // Periodic detector snapshots.
+    if let Some(path) = snapshot_path.clone() {
+        let (proc_, token, env) = (processor.clone(), shutdown.clone(), s.environment.clone());
+        let every = s.detect.snapshot.interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = token.cancelled() => break,
+                }
+                let (p, e, path) = (proc_.clone(), env.clone(), path.clone());
+                match tokio::task::spawn_blocking(move || snapshot::save(&p, &e, &path)).await {
+                    Ok(Ok(bytes)) => tracing::debug!(bytes, "detector snapshot written"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "writing the detector snapshot failed; will retry")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
+                }
+            }
+        });
+    }
+
     tracing::info!(
         environment = %s.environment,
         grpc = ?grpc_addr,
@@ -266,6 +337,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     );
 
     let deadline = s.shutdown_timeout;
+    let final_snapshot = (snapshot_path, processor.clone(), s.environment.clone());
     let done = tokio::spawn(async move {
         shutdown.cancelled().await;
         let started = Instant::now();
@@ -282,6 +354,17 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             }
         })
         .await;
+        // The workers are done: the detectors hold everything they saw.
+        if let Some(path) = final_snapshot.0 {
+            let (p, env) = (final_snapshot.1, final_snapshot.2);
+            match tokio::task::spawn_blocking(move || snapshot::save(&p, &env, &path)).await {
+                Ok(Ok(bytes)) => tracing::info!(bytes, "detector snapshot written"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "writing the detector snapshot at shutdown failed")
+                }
+                Err(e) => tracing::error!(error = %e, "snapshot task failed"),
+            }
+        }
         // 3. Flush the output within what is left of the deadline.
         let left = deadline.saturating_sub(started.elapsed());
         let mut exporter = exporter;

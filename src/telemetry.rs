@@ -31,6 +31,8 @@ pub mod names {
     pub const QUEUE_CAPACITY_RECORDS: &str = "otel_anomaly_queue_capacity_records";
     pub const DETECTOR_KEYS: &str = "otel_anomaly_detector_keys";
     pub const DETECTOR_OVERFLOW_RECORDS: &str = "otel_anomaly_detector_overflow_records";
+    pub const DETECTOR_EVICTED_KEYS: &str = "otel_anomaly_detector_evicted_keys";
+    pub const ANOMALY_EVENTS: &str = "otel_anomaly_events";
     pub const READY: &str = "otel_anomaly_ready";
 }
 
@@ -58,6 +60,15 @@ impl Signal {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SignalLabels {
     pub signal: Signal,
+}
+
+/// Labels of anomaly-event counts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `latency_p99`, `error_rate`, `throughput_drop`, …
+    pub signal: &'static str,
+    /// `opened`, `updated`, `closed`.
+    pub status: &'static str,
 }
 
 /// Why records were refused.
@@ -126,6 +137,8 @@ pub struct Metrics {
     pub queue_capacity: Gauge,
     pub detector_keys: Family<SignalLabels, Gauge>,
     pub detector_overflow: Family<SignalLabels, Counter>,
+    pub detector_evicted: Family<SignalLabels, Counter>,
+    pub events: Family<EventLabels, Counter>,
     pub ready: Gauge,
 }
 
@@ -197,6 +210,16 @@ impl Metrics {
             DETECTOR_OVERFLOW_RECORDS,
             "Records scored on the shared overflow key because the key cap was reached",
             self.detector_overflow.clone(),
+        );
+        registry.register(
+            DETECTOR_EVICTED_KEYS,
+            "Keys evicted after being idle to make room for new keys under the key cap",
+            self.detector_evicted.clone(),
+        );
+        registry.register(
+            ANOMALY_EVENTS,
+            "Anomaly events on span keys, by signal and status",
+            self.events.clone(),
         );
         registry.register(READY, "1 once the output was reached", self.ready.clone());
     }

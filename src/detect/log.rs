@@ -1,7 +1,7 @@
 //! Log detector: the rate of error-or-worse records per service, judged like
 //! span errors (binomial test of this interval against the baseline rate).
 
-use super::keys::{key_hash, BoundedMap};
+use super::keys::{key_hash, BoundedMap, MapSnapshot};
 use super::rate::{RateParams, RateState};
 use super::{Explanation, Verdict};
 
@@ -21,6 +21,19 @@ impl LogDetector {
         Self {
             params,
             services: BoundedMap::new(max_services),
+        }
+    }
+
+    /// The detector's state, for a snapshot.
+    pub fn snapshot(&self) -> MapSnapshot<&RateState> {
+        self.services.snapshot()
+    }
+
+    /// Adds the services of a snapshot to the detector, continuing after a gap.
+    pub fn restore(&mut self, snap: MapSnapshot<RateState>) {
+        self.services.restore_snapshot(snap);
+        for st in self.services.values_mut() {
+            st.resume();
         }
     }
 

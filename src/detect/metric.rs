@@ -9,7 +9,7 @@
 
 use statrs::function::erf::erfc;
 
-use super::keys::{BoundedMap, KeyHash};
+use super::keys::{BoundedMap, KeyHash, MapSnapshot};
 use super::{score_from_tail_probability, Explanation, Verdict, ANOMALOUS_SCORE, ANOMALOUS_WEIGHT};
 
 /// Metric detector settings.
@@ -156,6 +156,16 @@ impl MetricDetector {
             params,
             series: BoundedMap::new(params.max_series),
         }
+    }
+
+    /// The detector's state, for a snapshot.
+    pub fn snapshot(&self) -> MapSnapshot<&SeriesState> {
+        self.series.snapshot()
+    }
+
+    /// Adds the series of a snapshot to the detector.
+    pub fn restore(&mut self, snap: MapSnapshot<SeriesState>) {
+        self.series.restore_snapshot(snap);
     }
 
     /// Scores one point of series `key` and learns from it. `None` when the

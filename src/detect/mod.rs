@@ -5,11 +5,13 @@
 //! itself). That keeps every detector testable against a naive batch
 //! computation.
 
+pub mod interval;
 pub mod keys;
 pub mod log;
 pub mod metric;
 pub mod rate;
 pub mod sketch;
+pub mod snapshot;
 pub mod span;
 
 use std::fmt::Write as _;

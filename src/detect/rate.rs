@@ -56,6 +56,15 @@ impl RateState {
         self.interval_start_ns = now_ns - now_ns % p.interval_ns.max(1);
     }
 
+    /// Continues after a gap: the next record starts a new interval without
+    /// decaying the baseline for the time in between.
+    pub fn resume(&mut self) {
+        self.interval_start_ns = 0;
+        self.cur_total = 0;
+        self.cur_errors = 0;
+        self.cur_max_score = 0.0;
+    }
+
     /// Baseline error rate with a weak prior (half an error in one record).
     pub fn baseline_rate(&self) -> f64 {
         (self.base_errors + 0.5) / (self.base_total + 1.0)

@@ -3,7 +3,8 @@
 //! duration (upper-tail probability against the sketch) and, if it failed,
 //! for how unusual this interval's error count is.
 
-use super::keys::{key_hash, BoundedMap, KeyHash};
+use super::interval::{AnomalyEvent, IntervalObs, IntervalState};
+use super::keys::{key_hash, BoundedMap, KeyHash, MapSnapshot};
 use super::rate::{RateParams, RateState};
 use super::sketch::DecayingSketch;
 use super::{score_from_tail_probability, Explanation, Verdict};
@@ -39,8 +40,11 @@ pub struct SpanParams {
     pub min_samples: u64,
     /// Judging interval for error rates, ns.
     pub interval_ns: u64,
-    /// Cap on tracked keys; spans of further keys share one overflow key.
+    /// Cap on tracked keys; when full, keys idle for `idle_eviction_ns` make
+    /// room, else spans of further keys share one overflow key.
     pub max_keys: usize,
+    /// A key not seen for this long may be evicted to make room for a new one, ns.
+    pub idle_eviction_ns: u64,
 }
 
 impl Default for SpanParams {
@@ -50,6 +54,7 @@ impl Default for SpanParams {
             min_samples: 50,
             interval_ns: 10_000_000_000,
             max_keys: 10_000,
+            idle_eviction_ns: 3_600_000_000_000,
         }
     }
 }
@@ -69,6 +74,8 @@ pub struct SpanObs<'a> {
     pub duration_ns: u64,
     /// Status code is ERROR.
     pub is_error: bool,
+    /// Trace id (16 bytes; empty when unknown), kept as an event exemplar.
+    pub trace_id: &'a [u8],
 }
 
 impl SpanObs<'_> {
@@ -89,13 +96,58 @@ pub struct SpanKeyState {
     errors: RateState,
     last_decay_ns: u64,
     seen: u64,
+    interval: IntervalState,
+    service: String,
+    name: String,
+    kind: i32,
 }
 
 impl SpanKeyState {
+    fn new(span: &SpanObs<'_>) -> Self {
+        Self {
+            service: span.service.to_string(),
+            name: span.name.to_string(),
+            kind: span.kind,
+            ..Self::default()
+        }
+    }
+
+    /// Prepares a restored state for a stream that continues after a gap
+    /// (a restart, or history from `train`): the gap is neither decayed nor
+    /// judged as empty intervals. Downtime is not evidence that the old
+    /// baseline is wrong, nor a throughput drop.
+    pub fn resume(&mut self) {
+        self.last_decay_ns = 0;
+        self.errors.resume();
+        self.interval.resume();
+    }
+
     /// Approximate memory of this key in bytes.
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.latency_us.memory_bytes()
             - std::mem::size_of::<DecayingSketch>()
+            + self.interval.heap_bytes()
+            + self.service.capacity()
+            + self.name.capacity()
+    }
+
+    /// Closes the intervals that ended by `now_ns` and appends their events.
+    fn close_intervals(
+        &mut self,
+        now_ns: u64,
+        key: KeyHash,
+        p: &SpanParams,
+        out: &mut Vec<AnomalyEvent>,
+    ) {
+        let rate = self.errors.baseline_rate();
+        self.interval.close_until(
+            now_ns,
+            p.interval_ns,
+            rate,
+            key,
+            (&self.service, &self.name, self.kind),
+            out,
+        );
     }
 
     fn decay_to(&mut self, now_ns: u64, half_life_ns: u64) {
@@ -129,12 +181,15 @@ impl SpanKeyState {
         (std::f64::consts::LN_10 / gap).clamp(TAIL_EXPONENT_MIN, TAIL_EXPONENT_MAX)
     }
 
-    fn latency_verdict(&self, duration_us: f64, p: &SpanParams) -> Verdict {
+    /// The verdict on a duration, and its baseline tail fraction (share of
+    /// the baseline at or above it; `None` in cold start).
+    fn latency_verdict(&self, duration_us: f64, p: &SpanParams) -> (Verdict, Option<f64>) {
         let n = self.latency_us.count();
         if (n as u64) < p.min_samples {
-            return Verdict::cold_start(n as u64, p.min_samples);
+            return (Verdict::cold_start(n as u64, p.min_samples), None);
         }
         let above = self.latency_us.count_at_or_above(duration_us);
+        let fraction = above / n;
         let mut tail = (above + 0.5) / (n + 1.0);
         let max = self.latency_us.max();
         if duration_us > max && max > 0.0 {
@@ -149,7 +204,7 @@ impl SpanKeyState {
             ("p50", 0.5)
         };
         let baseline_us = self.latency_us.quantile(q).unwrap_or(0.0);
-        Verdict::scored(
+        let verdict = Verdict::scored(
             score,
             Explanation::Latency {
                 observed_ms: duration_us / 1000.0,
@@ -157,7 +212,8 @@ impl SpanKeyState {
                 baseline_ms: baseline_us / 1000.0,
                 half_life_s: p.half_life_ns / 1_000_000_000,
             },
-        )
+        );
+        (verdict, Some(fraction))
     }
 }
 
@@ -166,6 +222,7 @@ impl SpanKeyState {
 pub struct SpanDetector {
     params: SpanParams,
     keys: BoundedMap<SpanKeyState>,
+    events: Vec<AnomalyEvent>,
 }
 
 impl SpanDetector {
@@ -173,7 +230,45 @@ impl SpanDetector {
     pub fn new(params: SpanParams) -> Self {
         Self {
             params,
-            keys: BoundedMap::new(params.max_keys),
+            keys: BoundedMap::with_idle_eviction(params.max_keys, params.idle_eviction_ns),
+            events: Vec::new(),
+        }
+    }
+
+    /// Closes every key's intervals that ended by `now_ns` (so a key that
+    /// stopped receiving spans is judged too). Call about once per interval
+    /// with the current time minus a grace period for late spans.
+    pub fn tick(&mut self, now_ns: u64) {
+        let p = self.params;
+        for (key, st) in self.keys.iter_mut() {
+            st.close_intervals(now_ns, key, &p, &mut self.events);
+        }
+    }
+
+    /// Moves the anomaly events produced so far into `out`.
+    pub fn drain_events(&mut self, out: &mut Vec<AnomalyEvent>) {
+        out.append(&mut self.events);
+    }
+
+    /// Keys evicted for being idle so far.
+    pub fn evicted(&self) -> u64 {
+        self.keys.evicted()
+    }
+
+    /// The detector's state, for a snapshot.
+    pub fn snapshot(&self) -> MapSnapshot<&SpanKeyState> {
+        self.keys.snapshot()
+    }
+
+    /// Adds the keys of a snapshot to the detector.
+    pub fn restore(&mut self, snap: MapSnapshot<SpanKeyState>) {
+        self.keys.restore_snapshot(snap);
+    }
+
+    /// Marks every key as continuing after a gap (see `SpanKeyState::resume`).
+    pub fn resume(&mut self) {
+        for st in self.keys.values_mut() {
+            st.resume();
         }
     }
 
@@ -185,11 +280,18 @@ impl SpanDetector {
     /// As `observe`, with the key hash already computed (for sharding).
     pub fn observe_key(&mut self, key: KeyHash, span: &SpanObs<'_>) -> Verdict {
         let p = self.params;
-        let (st, _overflow) = self.keys.get_or_insert(key, SpanKeyState::default);
+        let (st, overflow) = self
+            .keys
+            .get_or_insert_at(key, span.end_ns, || SpanKeyState::new(span));
+        // The overflow key mixes unrelated spans: it is scored per span but
+        // makes no interval events.
+        if !overflow {
+            st.close_intervals(span.end_ns, key, &p, &mut self.events);
+        }
         st.decay_to(span.end_ns, p.half_life_ns);
         st.seen += 1;
         let duration_us = span.duration_ns as f64 / 1000.0;
-        let latency = st.latency_verdict(duration_us, &p);
+        let (latency, tail_fraction) = st.latency_verdict(duration_us, &p);
         let rate_params = RateParams {
             interval_ns: p.interval_ns,
             half_life_ns: p.half_life_ns,
@@ -198,12 +300,22 @@ impl SpanDetector {
         let errors = st.errors.observe(span.end_ns, span.is_error, &rate_params);
         // Unusual durations are kept (mostly) out of the baseline, so an
         // outage does not become the normal.
-        let weight = if latency.score >= NORMAL_SCORE {
+        let weight = if latency.score >= NORMAL_SCORE && !st.interval.learning() {
             UNUSUAL_WEIGHT
         } else {
             1.0
         };
         st.latency_us.add(duration_us, weight);
+        if !overflow {
+            st.interval.add(&IntervalObs {
+                end_ns: span.end_ns,
+                tail_fraction,
+                is_error: span.is_error,
+                score: latency.score,
+                trace_id: span.trace_id,
+                duration_us,
+            });
+        }
         if span.is_error && errors.score > latency.score {
             errors
         } else {
@@ -257,6 +369,7 @@ mod tests {
             end_ns: t,
             duration_ns: dur,
             is_error: err,
+            trace_id: &[],
         }
     }
 
@@ -303,6 +416,51 @@ mod tests {
         assert!(mean(&other) < 2.0, "unshifted mean {}", mean(&other));
         let high_other = other.iter().filter(|s| **s >= 50.0).count();
         assert!(high_other <= 1, "{high_other} unshifted spans scored ≥ 50");
+    }
+
+    #[test]
+    fn a_resumed_key_keeps_its_baseline_across_a_gap_and_judges_no_empty_intervals() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let run = |d: &mut SpanDetector, rng: &mut StdRng, from: u64, n: u64| {
+            let mut t = from;
+            let mut last = Verdict::cold_start(0, 0);
+            for _ in 0..n {
+                t += 20 * MS;
+                let dur = lognormal(rng, 40.0, 0.3) * MS as f64;
+                last = d.observe(&span("GET /cart", t, dur as u64, false));
+            }
+            (t, last)
+        };
+        let mut d = SpanDetector::new(SpanParams::default());
+        let (t, _) = run(&mut d, &mut rng, 1_700_000_000 * S, 30_000);
+        let mut events = Vec::new();
+        d.drain_events(&mut events);
+        let snap = crate::detect::snapshot::encode_map(&d.snapshot());
+        // Two hours later (a restart, or a model trained from history).
+        let later = t + 7_200 * S;
+        let mut cold = SpanDetector::new(SpanParams::default());
+        cold.restore(crate::detect::snapshot::decode_map(&snap).expect("decodes"));
+        let mut resumed = SpanDetector::new(SpanParams::default());
+        resumed.restore(crate::detect::snapshot::decode_map(&snap).expect("decodes"));
+        resumed.resume();
+        let (_, v) = run(&mut resumed, &mut rng, later, 1);
+        assert_ne!(
+            v.severity,
+            Severity::ColdStart,
+            "the baseline survived the gap"
+        );
+        let (_, v) = run(&mut cold, &mut rng, later, 1);
+        assert_eq!(
+            v.severity,
+            Severity::ColdStart,
+            "without resume, two hours decay a 10-minute baseline away"
+        );
+        run(&mut resumed, &mut rng, later, 3_000);
+        resumed.drain_events(&mut events);
+        assert!(
+            events.is_empty(),
+            "the gap is not a throughput drop: {events:?}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! is reached, receivers refuse at once; nothing buffers without limit.
 
 pub mod process;
+pub mod snapshot;
 pub mod validate;
 
 use std::collections::VecDeque;
@@ -18,6 +19,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::sync::Semaphore;
 
+use crate::detect::interval::AnomalyEvent;
 use crate::export::deadletter::DeadLetter;
 use crate::export::Doc;
 use crate::telemetry::{Health, Metrics, Signal};
@@ -163,10 +165,21 @@ pub struct AnomalyNote {
     pub explanation: String,
 }
 
-/// The most recent anomalies (bounded ring).
-#[derive(Debug, Default)]
+/// Receives every anomaly event as it is made (for example the push client).
+pub type EventListener = Box<dyn Fn(&AnomalyEvent) + Send + Sync>;
+
+/// The most recent anomalies and anomaly events (bounded rings).
+#[derive(Default)]
 pub struct AnomalyFeed {
     ring: Mutex<VecDeque<AnomalyNote>>,
+    events: Mutex<VecDeque<(SystemTime, AnomalyEvent)>>,
+    listeners: RwLock<Vec<EventListener>>,
+}
+
+impl std::fmt::Debug for AnomalyFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnomalyFeed").finish_non_exhaustive()
+    }
 }
 
 /// Anomalies kept in the feed.
@@ -181,6 +194,41 @@ impl AnomalyFeed {
             }
             ring.push_back(note);
         }
+    }
+
+    /// Records an anomaly event and hands it to the listeners.
+    pub fn push_event(&self, event: AnomalyEvent) {
+        if let Ok(listeners) = self.listeners.read() {
+            for l in listeners.iter() {
+                l(&event);
+            }
+        }
+        if let Ok(mut ring) = self.events.lock() {
+            if ring.len() == FEED_CAPACITY {
+                ring.pop_front();
+            }
+            ring.push_back((SystemTime::now(), event));
+        }
+    }
+
+    /// Adds a listener that sees every later event.
+    pub fn listen(&self, listener: EventListener) {
+        if let Ok(mut l) = self.listeners.write() {
+            l.push(listener);
+        }
+    }
+
+    /// Events recorded at or after `since`.
+    pub fn events_since(&self, since: SystemTime) -> Vec<AnomalyEvent> {
+        self.events
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .filter(|(at, _)| *at >= since)
+                    .map(|(_, e)| e.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Notes at or after `since`.

@@ -11,10 +11,15 @@ use prost::Message;
 
 use super::{AnomalyFeed, AnomalyNote, Payload};
 use crate::config::Settings;
-use crate::detect::keys::{key_hash, KeyHash};
+use crate::detect::interval::{AnomalyEvent, EventStatus};
+use crate::detect::keys::{key_hash, KeyHash, MapSnapshot};
 use crate::detect::log::LogDetector;
+use crate::detect::metric::SeriesState;
 use crate::detect::metric::{MetricDetector, MetricParams, PointValue};
 use crate::detect::rate::RateParams;
+use crate::detect::rate::RateState;
+use crate::detect::snapshot;
+use crate::detect::span::SpanKeyState;
 use crate::detect::span::{SpanDetector, SpanObs, SpanParams};
 use crate::detect::{Verdict, ANOMALOUS_SCORE};
 use crate::export::document::{
@@ -22,7 +27,7 @@ use crate::export::document::{
     hex_concat, span_is_error, DataStream, PointRef, Shared,
 };
 use crate::export::{Doc, DocBatch};
-use crate::telemetry::{Metrics, Signal, SignalLabels};
+use crate::telemetry::{EventLabels, Metrics, Signal, SignalLabels};
 
 /// Detector state is split into shards by key hash so workers rarely contend.
 const SHARDS: usize = 16;
@@ -50,6 +55,7 @@ impl Detectors {
             min_samples: d.spans.min_samples,
             interval_ns: d.spans.interval.as_nanos() as u64,
             max_keys: d.spans.max_keys.div_ceil(SHARDS),
+            idle_eviction_ns: d.spans.idle_eviction.as_nanos() as u64,
         };
         let metric_params = MetricParams {
             min_samples: d.metrics.min_samples,
@@ -72,12 +78,119 @@ impl Detectors {
         }
     }
 
-    fn span(&self, obs: &SpanObs<'_>) -> Verdict {
+    fn span(&self, obs: &SpanObs<'_>, events: &mut Vec<AnomalyEvent>) -> Verdict {
         let key = obs.key();
         let shard = &self.spans[(key % SHARDS as u64) as usize];
         // A poisoned shard means a detector panicked: a bug. Keep serving with its state.
         let mut d = shard.lock().unwrap_or_else(|p| p.into_inner());
-        d.observe_key(key, obs)
+        let v = d.observe_key(key, obs);
+        d.drain_events(events);
+        v
+    }
+
+    /// Closes the span keys' intervals that ended by `now_ns` and returns
+    /// the events that made.
+    pub fn tick(&self, now_ns: u64) -> Vec<AnomalyEvent> {
+        let mut events = Vec::new();
+        for shard in &self.spans {
+            let mut d = shard.lock().unwrap_or_else(|p| p.into_inner());
+            d.tick(now_ns);
+            d.drain_events(&mut events);
+        }
+        events
+    }
+
+    /// Encodes the state of every detector (one shard locked at a time).
+    pub fn snapshot(&self, environment: &str, now_ns: u64) -> Vec<u8> {
+        let spans = self
+            .spans
+            .iter()
+            .map(|s| snapshot::encode_map(&s.lock().unwrap_or_else(|p| p.into_inner()).snapshot()))
+            .collect();
+        let metrics = self
+            .metrics
+            .iter()
+            .map(|s| snapshot::encode_map(&s.lock().unwrap_or_else(|p| p.into_inner()).snapshot()))
+            .collect();
+        let logs = snapshot::encode_map(
+            &self
+                .logs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .snapshot(),
+        );
+        snapshot::encode(&snapshot::SnapshotBody {
+            environment: environment.to_string(),
+            created_unix_ns: now_ns,
+            spans,
+            metrics,
+            logs,
+        })
+    }
+
+    /// Restores detector state from snapshot bytes taken in `environment`.
+    /// Returns (span keys, metric series, log services) restored.
+    pub fn restore(
+        &self,
+        bytes: &[u8],
+        environment: &str,
+    ) -> Result<(usize, usize, usize), snapshot::SnapshotError> {
+        let body = snapshot::decode(bytes, Some(environment))?;
+        // Decode everything first: a damaged shard leaves the detectors untouched.
+        let spans: Vec<MapSnapshot<SpanKeyState>> = body
+            .spans
+            .iter()
+            .map(|b| snapshot::decode_map(b))
+            .collect::<Result<_, _>>()?;
+        let metrics: Vec<MapSnapshot<SeriesState>> = body
+            .metrics
+            .iter()
+            .map(|b| snapshot::decode_map(b))
+            .collect::<Result<_, _>>()?;
+        let logs: MapSnapshot<RateState> = snapshot::decode_map(&body.logs)?;
+        let mut counts = (0, 0, logs.entries.len());
+        // Shards are chosen by key, so a snapshot taken with another shard count still lands right.
+        for m in spans {
+            for (k, v, seen) in m.entries {
+                counts.0 += 1;
+                let mut d = self.spans[(k % SHARDS as u64) as usize]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                d.restore(MapSnapshot {
+                    entries: vec![(k, v, seen)],
+                    overflow: None,
+                });
+            }
+        }
+        for m in metrics {
+            for (k, v, seen) in m.entries {
+                counts.1 += 1;
+                let mut d = self.metrics[(k % SHARDS as u64) as usize]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                d.restore(MapSnapshot {
+                    entries: vec![(k, v, seen)],
+                    overflow: None,
+                });
+            }
+        }
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restore(logs);
+        // The stream continues after a gap (the restart itself).
+        for shard in &self.spans {
+            shard.lock().unwrap_or_else(|p| p.into_inner()).resume();
+        }
+        Ok(counts)
+    }
+
+    /// Span keys evicted for being idle.
+    pub fn evicted_span_keys(&self) -> u64 {
+        self.spans
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).evicted())
+            .sum()
     }
 
     fn point(&self, key: KeyHash, v: PointValue) -> Option<Verdict> {
@@ -203,6 +316,10 @@ impl Processor {
     ) -> Vec<Doc> {
         let spans = req.resource_spans.iter().flat_map(|r| &r.scope_spans);
         let mut docs = DocBatch::with_capacity(spans.map(|s| s.spans.len()).sum(), DOC_BYTES);
+        let mut events = Vec::new();
+        // A span from the future (a skewed clock) must not run the key's
+        // intervals ahead of real time: its end is capped for the detector.
+        let latest_ns = now_ns().saturating_add(60_000_000_000);
         for rs in &req.resource_spans {
             let (service, res_json) = resource_parts(rs.resource.as_ref(), &rs.schema_url);
             for ss in &rs.scope_spans {
@@ -216,11 +333,12 @@ impl Processor {
                         service,
                         name: &s.name,
                         kind: s.kind,
-                        end_ns: s.end_time_unix_nano,
+                        end_ns: s.end_time_unix_nano.min(latest_ns),
                         duration_ns: s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
                         is_error: span_is_error(s),
+                        trace_id: &s.trace_id,
                     };
-                    let verdict = self.detectors.span(&obs);
+                    let verdict = self.detectors.span(&obs, &mut events);
                     self.note(Signal::traces, service, &s.name, &verdict);
                     let id = hex_concat(&[&s.trace_id, &s.span_id]);
                     docs.push(Signal::traces, id, |out| {
@@ -229,7 +347,50 @@ impl Processor {
                 }
             }
         }
+        self.publish(events);
         docs.finish()
+    }
+
+    /// Closes the intervals that ended by `now_ns` on every span key and
+    /// publishes the events.
+    pub fn tick(&self, now_ns: u64) {
+        let events = self.detectors.tick(now_ns);
+        self.publish(events);
+    }
+
+    fn publish(&self, events: Vec<AnomalyEvent>) {
+        for e in events {
+            self.metrics
+                .events
+                .get_or_create(&EventLabels {
+                    signal: e.signal.as_str(),
+                    status: match e.status {
+                        EventStatus::Opened => "opened",
+                        EventStatus::Updated => "updated",
+                        EventStatus::Closed => "closed",
+                    },
+                })
+                .inc();
+            if e.status == EventStatus::Opened {
+                tracing::info!(
+                    service = %e.service,
+                    span = %e.name,
+                    signal = e.signal.as_str(),
+                    score = e.score,
+                    "anomaly event opened: {}",
+                    e.explanation
+                );
+            } else if e.status == EventStatus::Closed {
+                tracing::info!(
+                    service = %e.service,
+                    span = %e.name,
+                    signal = e.signal.as_str(),
+                    learned = e.learned,
+                    "anomaly event closed"
+                );
+            }
+            self.feed.push_event(e);
+        }
     }
 
     fn metric_points(
