@@ -10,6 +10,23 @@ step() { printf '\n==> %s\n' "$*"; }
 step "python test dependencies"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 
+step "aggregator test dependencies (alertmanager, chromium, playwright-core)"
+missing=()
+[ -x "${ALERTMANAGER_BIN:-/usr/bin/prometheus-alertmanager}" ] || missing+=(prometheus-alertmanager)
+[ -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ] || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "missing Debian packages: ${missing[*]} (install them, or run this script as root)" >&2
+    exit 1
+  fi
+fi
+if [ ! -d tests/e2e/dashboard/node_modules/playwright-core ]; then
+  npm ci --prefix tests/e2e/dashboard --no-audit --no-fund --loglevel=error
+fi
+
 if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
   step "cargo-nextest missing: installing"
   cargo install --locked cargo-nextest

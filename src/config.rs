@@ -51,7 +51,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
         reason: reason.into(),
@@ -77,6 +77,8 @@ pub struct Settings {
     pub detect: DetectSettings,
     pub export: ExportSettings,
     pub log: LogSettings,
+    /// Anomaly events to the aggregator (off by default).
+    pub push: crate::push::config::PushSettings,
 }
 
 impl Default for Settings {
@@ -92,6 +94,7 @@ impl Default for Settings {
             detect: DetectSettings::default(),
             export: ExportSettings::default(),
             log: LogSettings::default(),
+            push: Default::default(),
         }
     }
 }
@@ -475,6 +478,8 @@ pub struct Config {
     pub es_credentials: Option<EsCredentials>,
     /// Where the settings came from, for messages.
     pub source: String,
+    /// The aggregator push token, when `push.url` is set.
+    pub push_token: Option<Secret>,
 }
 
 impl Config {
@@ -614,7 +619,7 @@ pub fn resolve(
     validate(settings, source)
 }
 
-fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+pub(crate) fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Secret {
         key: key.to_string(),
         path: path.to_path_buf(),
@@ -768,10 +773,12 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
             "must be greater than 0",
         ));
     }
+    let push_token = crate::push::config::validate(&s.push)?;
     Ok(Config {
         settings,
         es_credentials,
         source,
+        push_token,
     })
 }
 

@@ -3,6 +3,7 @@
 //! Data flows one way: receiver → pipeline → detect → enrich → export.
 //! Detectors never import receivers or exporters.
 
+pub mod aggregator;
 pub mod bench_sink;
 pub mod config;
 pub mod demo;
@@ -13,6 +14,8 @@ pub mod faultbench;
 pub mod loadgen;
 pub mod nab;
 pub mod pipeline;
+pub mod push;
 pub mod receiver;
+pub mod replay_otlp;
 pub mod sidecar;
 pub mod telemetry;

@@ -34,6 +34,15 @@ enum Command {
         /// Configuration file (YAML).
         file: PathBuf,
     },
+    /// Run the aggregator: push API for sidecars, incidents, REST API, dashboard, alerts.
+    Aggregator {
+        /// Aggregator configuration file (YAML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Check the configuration, print it and exit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run the sidecar on embedded defaults with synthetic services and an injected latency fault.
     Demo {
         /// Stop after this long (e.g. 3m, 90s).
@@ -217,6 +226,19 @@ async fn run_sidecar(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_aggregator(
+    cfg: otel_anomaly::aggregator::config::AggregatorConfig,
+) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let running = otel_anomaly::aggregator::start(cfg, token.clone()).await?;
+    println!("push api   {}", running.grpc_addr);
+    println!("dashboard  http://{}/", running.http_addr);
+    wait_for_signal().await;
+    token.cancel();
+    running.done.await.context("shutdown task failed")?;
+    Ok(())
+}
+
 async fn run_demo(
     mut cfg: Config,
     duration: Duration,
@@ -240,11 +262,38 @@ async fn run_demo(
     let es = s.export.elasticsearch.as_ref().map(|e| e.urls.join(","));
     let out_dir = cfg.file_dir();
     let token = CancellationToken::new();
+    // The aggregator and a second environment's sidecar (issue 5).
+    let second_env = if environment == "staging" {
+        "dev"
+    } else {
+        "staging"
+    }
+    .to_string();
+    let agg = otel_anomaly::aggregator::demo::start_demo(
+        &cfg.settings.data_dir.join("aggregator"),
+        &[environment.clone(), second_env.clone()],
+        loopback(None),
+        token.clone(),
+    )
+    .await?;
+    let mut cfg2 = cfg.clone();
+    for (c, env) in [(&mut cfg, &environment), (&mut cfg2, &second_env)] {
+        otel_anomaly::push::config::enable(c, agg.grpc_url(), agg.tokens[env.as_str()].clone())?;
+    }
+    cfg2.settings.environment = second_env.clone();
+    let s2 = &mut cfg2.settings;
+    (
+        s2.receiver.grpc.listen,
+        s2.receiver.http.listen,
+        s2.admin.listen,
+    ) = (loopback(None), loopback(None), loopback(None));
+    let running2 = otel_anomaly::sidecar::start(cfg2, token.clone()).await?;
     let running = otel_anomaly::sidecar::start(cfg, token.clone()).await?;
     let grpc = running
         .grpc_addr
         .context("the demo needs the gRPC receiver")?;
-    println!("otel-anomaly demo (environment {environment:?})");
+    println!("otel-anomaly demo (environments {environment:?} and {second_env:?})");
+    println!("  dashboard  {}", agg.dashboard_url());
     println!("  OTLP/gRPC  {grpc}");
     if let Some(h) = running.http_addr {
         println!("  OTLP/HTTP  http://{h}/v1/traces");
@@ -265,6 +314,15 @@ async fn run_demo(
         grpc,
         fault_after,
         environment,
+        traffic_stop.clone(),
+    ));
+    // The second environment's fault comes 30 s later.
+    let traffic2 = tokio::spawn(otel_anomaly::demo::run_traffic(
+        running2
+            .grpc_addr
+            .context("the demo needs the gRPC receiver")?,
+        fault_after + Duration::from_secs(30),
+        second_env,
         traffic_stop.clone(),
     ));
     let started = Instant::now();
@@ -289,8 +347,15 @@ async fn run_demo(
         Err(e) => eprintln!("demo traffic task failed: {e}"),
         Ok(Ok(())) => {}
     }
+    match traffic2.await {
+        Ok(Err(e)) => eprintln!("demo traffic failed: {e}"),
+        Err(e) => eprintln!("demo traffic task failed: {e}"),
+        Ok(Ok(())) => {}
+    }
     token.cancel();
     running.done.await.context("shutdown task failed")?;
+    running2.done.await.context("shutdown task failed")?;
+    agg.running.done.await.context("shutdown task failed")?;
     println!("demo finished; documents are in {}", out_dir.display());
     Ok(())
 }
@@ -322,6 +387,22 @@ fn main() -> ExitCode {
             };
             otel_anomaly::telemetry::init_logs(&cfg.settings.log, rust_log().as_deref());
             runtime().and_then(|rt| rt.block_on(run_sidecar(cfg)))
+        }
+        Command::Aggregator { config, check } => {
+            let cfg = match otel_anomaly::aggregator::config::load(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if *check {
+                println!("{}: ok", cfg.source);
+                println!("{:#?}", cfg.settings);
+                return ExitCode::SUCCESS;
+            }
+            otel_anomaly::telemetry::init_logs(&cfg.settings.log, rust_log().as_deref());
+            runtime().and_then(|rt| rt.block_on(run_aggregator(cfg)))
         }
         Command::Demo {
             duration,

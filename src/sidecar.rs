@@ -44,6 +44,8 @@ pub enum StartError {
         path: String,
         source: crate::detect::snapshot::SnapshotError,
     },
+    #[error(transparent)]
+    Push(#[from] crate::push::PushError),
 }
 
 /// Batches that may wait for a scoring worker (records are capped separately by admission).
@@ -65,6 +67,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// Health.
     pub health: Arc<Health>,
+    /// Producer side of the aggregator push client, when `push.url` is set.
+    pub push: Option<crate::push::PushHandle>,
     /// Resolves when the staged shutdown is complete.
     pub done: JoinHandle<()>,
 }
@@ -81,6 +85,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let push = crate::push::start_from_config(&cfg, &mut registry, shutdown.clone())?;
     let health = Arc::new(Health::default());
     let feed = Arc::new(AnomalyFeed::default());
 
@@ -204,6 +209,47 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         workers.push(handle);
     }
     drop((work_rx, export_tx));
+
+    // Anomaly events and heartbeats to the aggregator.
+    let push_handle = push.as_ref().map(|(handle, _)| handle.clone());
+    let push_task = push.map(|(handle, task)| {
+        let (p, a) = (processor.clone(), admission.clone());
+        let stats = move || {
+            let (span_keys, _, series, _) = p.detectors().stats();
+            crate::push::SidecarStats {
+                keys_tracked: (span_keys + series) as u64,
+                queue_depth: a.queued() as u64,
+                export_lag_seconds: 0.0,
+            }
+        };
+        let cluster = s.cluster.clone().unwrap_or_default();
+        // Span keys' interval-level events go out as they are made.
+        {
+            let (h, env, cl) = (handle.clone(), s.environment.clone(), cluster.clone());
+            let interval_ns = s.detect.spans.interval.as_nanos() as u64;
+            feed.listen(Box::new(move |e| {
+                if let Some(ev) = crate::push::bridge::span_event(e, &env, &cl, interval_ns) {
+                    h.send(ev);
+                }
+            }));
+            // The service graph (caller → callee) from parent/child spans.
+            let h = handle.clone();
+            processor.on_edges(Box::new(move |caller, callee, calls| {
+                h.add_edge(caller, callee, calls)
+            }));
+        }
+        let every = s.push.heartbeat_interval.min(Duration::from_secs(10));
+        crate::push::bridge::spawn(
+            feed.clone(),
+            handle,
+            s.environment.clone(),
+            cluster,
+            every,
+            stats,
+            shutdown.clone(),
+        );
+        task
+    });
 
     // Receivers and admin.
     let stop_accepting = shutdown.child_token();
@@ -379,6 +425,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
                 "records not delivered before the shutdown deadline (shutdown_timeout)"
             );
         }
+        if let Some(task) = push_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         admin_token.cancel();
         let _ = admin.await;
         tracing::info!(
@@ -394,6 +443,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         feed,
         metrics,
         health,
+        push: push_handle,
         done,
     })
 }

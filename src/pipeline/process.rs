@@ -221,13 +221,24 @@ impl Detectors {
     }
 }
 
+/// Receives the caller → callee service edges of each traces request.
+pub type EdgeListener = Box<dyn Fn(&str, &str, u64) + Send + Sync>;
+
 /// Turns requests into scored documents.
-#[derive(Debug)]
 pub struct Processor {
     detectors: Detectors,
     data_stream: DataStream,
     metrics: Arc<Metrics>,
     feed: Arc<AnomalyFeed>,
+    edges: std::sync::OnceLock<EdgeListener>,
+}
+
+impl std::fmt::Debug for Processor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor")
+            .field("detectors", &self.detectors)
+            .finish_non_exhaustive()
+    }
 }
 
 fn now_ns() -> u64 {
@@ -262,7 +273,13 @@ impl Processor {
             },
             metrics,
             feed,
+            edges: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the listener for service edges (once; later calls are ignored).
+    pub fn on_edges(&self, listener: EdgeListener) {
+        let _ = self.edges.set(listener);
     }
 
     /// The detectors (for stats).
@@ -314,6 +331,11 @@ impl Processor {
         &self,
         req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
     ) -> Vec<Doc> {
+        if let Some(listener) = self.edges.get() {
+            for ((caller, callee), calls) in crate::push::edges::edges_of(&req) {
+                listener(&caller, &callee, calls);
+            }
+        }
         let spans = req.resource_spans.iter().flat_map(|r| &r.scope_spans);
         let mut docs = DocBatch::with_capacity(spans.map(|s| s.spans.len()).sum(), DOC_BYTES);
         let mut events = Vec::new();
