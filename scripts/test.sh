@@ -49,3 +49,6 @@ bash scripts/helm-check.sh
 
 step "end-to-end (pytest)"
 python3 -m pytest tests/e2e -q -p no:cacheprovider
+
+step "benchmark smoke (sidecar and Rotel under loadgen; completes, nothing lost; no timing assertions)"
+python3 benches/e2e.py --smoke --no-build

@@ -4,12 +4,14 @@
 //! Detectors never import receivers or exporters.
 
 pub mod aggregator;
+pub mod bench_sink;
 pub mod config;
 pub mod demo;
 pub mod detect;
 pub mod enrich;
 pub mod export;
 pub mod faultbench;
+pub mod loadgen;
 pub mod nab;
 pub mod pipeline;
 pub mod push;

@@ -76,6 +76,11 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Send OTLP load (benchmarks): pre-encoded realistic payloads at a rate or flat out.
+    Loadgen(LoadgenArgs),
+    /// Null Elasticsearch/OTLP output for benchmarks: answers bulk requests with success and counts documents.
+    #[command(hide = true)]
+    BenchSink(BenchSinkArgs),
     /// Replay recorded data through the detectors, as they would run live.
     Replay {
         #[command(subcommand)]
@@ -122,6 +127,64 @@ struct NabArgs {
     /// Score the existing results in `RESULTS/<NAME>/` instead of running the detector.
     #[arg(long, conflicts_with = "out")]
     results: Option<PathBuf>,
+}
+
+/// Options of `loadgen`.
+#[derive(Debug, Args)]
+struct LoadgenArgs {
+    /// OTLP receiver address (host:port; the gRPC or the HTTP port).
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    target: String,
+    /// Transport and encoding.
+    #[arg(long, value_enum, default_value = "grpc")]
+    protocol: otel_anomaly::loadgen::Protocol,
+    /// Signal to send.
+    #[arg(long, value_enum, default_value = "traces")]
+    signal: otel_anomaly::loadgen::SignalKind,
+    /// Records (spans or points) per second; omit to send flat out.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Stop after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop after this many requests, if sooner.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Requests in flight at once (one connection each).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Records per request.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Different pre-encoded requests to rotate through (one repeated body would compress unrealistically well).
+    #[arg(long, default_value_t = 16)]
+    payloads: usize,
+    /// Services the records are spread over (1 to 8).
+    #[arg(long, default_value_t = 8)]
+    services: usize,
+    /// Seed of the payload generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `bench-sink`.
+#[derive(Debug, Args)]
+struct BenchSinkArgs {
+    /// HTTP listen address (Elasticsearch `_bulk`, OTLP/HTTP, `/_sink/stats`).
+    #[arg(long, default_value = "127.0.0.1:9200")]
+    listen: SocketAddr,
+    /// Optional OTLP/gRPC listen address.
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
+    /// Write the bound addresses as JSON to this file once listening.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
 }
 
 /// Flags that override the configuration (highest precedence).
@@ -424,6 +487,16 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Command::Loadgen(args) => {
+            return match runtime().and_then(|rt| rt.block_on(run_loadgen(args))) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::BenchSink(args) => runtime().and_then(|rt| rt.block_on(run_bench_sink(args))),
         Command::Faultbench {
             keys,
             duration,
@@ -442,6 +515,67 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_loadgen(a: &LoadgenArgs) -> anyhow::Result<ExitCode> {
+    let opts = otel_anomaly::loadgen::Options {
+        target: a.target.clone(),
+        protocol: a.protocol,
+        signal: a.signal,
+        rate: a.rate,
+        duration: a.duration,
+        max_requests: a.requests,
+        concurrency: a.concurrency,
+        records_per_request: a.batch,
+        payloads: a.payloads,
+        services: a.services,
+        seed: a.seed,
+        timeout: a.timeout,
+    };
+    let report = otel_anomaly::loadgen::run(opts).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.human());
+    }
+    // Exit 1 when nothing got through, so scripts notice a dead target.
+    Ok(if report.requests_ok == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn run_bench_sink(a: &BenchSinkArgs) -> anyhow::Result<()> {
+    let http = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let grpc = match a.grpc_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let http_addr = http.local_addr()?;
+    let grpc_addr = grpc.as_ref().map(|g| g.local_addr()).transpose()?;
+    let addrs = serde_json::json!({"http": http_addr.to_string(), "grpc": grpc_addr.map(|a| a.to_string())});
+    if let Some(f) = &a.addr_file {
+        std::fs::write(f, addrs.to_string())
+            .with_context(|| format!("cannot write {}", f.display()))?;
+    }
+    eprintln!("bench-sink listening: {addrs}");
+    let stats = std::sync::Arc::new(otel_anomaly::bench_sink::SinkStats::default());
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+    });
+    otel_anomaly::bench_sink::serve(http, grpc, stats.clone(), token).await?;
+    println!("{}", serde_json::to_string(&stats.view())?);
+    Ok(())
 }
 
 fn run_faultbench(keys: usize, duration: Duration, warmup: Duration, rate: f64, seed: u64) {

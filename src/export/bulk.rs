@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::Doc;
 use crate::export::document::json_str;
+use crate::telemetry::Signal;
 
 /// What to do with one document after a bulk reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,12 +32,44 @@ pub enum RequestFailure {
     Reject(String),
 }
 
+/// The start of each signal's action line, `{"create":{"_index":"<name>","_id":`,
+/// escaped once rather than per document.
+#[derive(Debug, Clone)]
+pub struct ActionPrefixes {
+    traces: Vec<u8>,
+    metrics: Vec<u8>,
+    logs: Vec<u8>,
+}
+
+impl ActionPrefixes {
+    /// Prefixes for the index or data stream names `index_of` gives.
+    pub fn new(index_of: impl Fn(Signal) -> String) -> Self {
+        let one = |signal| {
+            let mut out = b"{\"create\":{\"_index\":".to_vec();
+            json_str(&mut out, &index_of(signal));
+            out.extend_from_slice(b",\"_id\":");
+            out
+        };
+        Self {
+            traces: one(Signal::traces),
+            metrics: one(Signal::metrics),
+            logs: one(Signal::logs),
+        }
+    }
+
+    fn get(&self, signal: Signal) -> &[u8] {
+        match signal {
+            Signal::traces => &self.traces,
+            Signal::metrics => &self.metrics,
+            Signal::logs => &self.logs,
+        }
+    }
+}
+
 /// Appends `{"create":{"_index":…,"_id":…}}\n<source>\n` for each document.
-pub fn build_body(docs: &[Doc], index_of: impl Fn(&Doc) -> String, out: &mut Vec<u8>) {
+pub fn build_body(docs: &[Doc], prefixes: &ActionPrefixes, out: &mut Vec<u8>) {
     for d in docs {
-        out.extend_from_slice(b"{\"create\":{\"_index\":");
-        json_str(out, &index_of(d));
-        out.extend_from_slice(b",\"_id\":");
+        out.extend_from_slice(prefixes.get(d.signal));
         json_str(out, &d.id);
         out.extend_from_slice(b"}}\n");
         out.extend_from_slice(&d.source);
@@ -124,7 +157,6 @@ pub fn classify_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::Signal;
 
     #[test]
     fn items_are_sorted_by_status() {
@@ -183,7 +215,11 @@ mod tests {
             b"{\"x\":1}".to_vec(),
         )];
         let mut out = Vec::new();
-        build_body(&docs, |_| "traces-otel-prod".into(), &mut out);
+        build_body(
+            &docs,
+            &ActionPrefixes::new(|_| "traces-otel-prod".into()),
+            &mut out,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "{\"create\":{\"_index\":\"traces-otel-prod\",\"_id\":\"a\\\"b\"}}\n{\"x\":1}\n"

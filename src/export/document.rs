@@ -5,7 +5,6 @@
 //! `serde_json::Value`.
 
 use std::io::Write as _;
-use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
@@ -20,10 +19,65 @@ use opentelemetry_proto::tonic::trace::v1::{span, status, Span};
 use crate::detect::Verdict;
 use crate::enrich;
 
-/// Appends `s` as a JSON string.
+/// Bytes that JSON strings must escape: control characters, `"` and `\\`.
+const fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Appends `s` as a JSON string. Runs of plain bytes are copied whole;
+/// only `"`, `\\` and control characters are escaped (as serde_json does).
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json's escaping into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !needs_escape(b) {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            c => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(c >> 4) as usize]);
+                out.push(HEX[(c & 15) as usize]);
+            }
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends an unsigned integer in decimal.
+pub fn json_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Appends a signed integer in decimal.
+pub fn json_i64(out: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    json_u64(out, v.unsigned_abs());
 }
 
 /// Appends a finite f64, or `null` (JSON has no NaN or infinity).
@@ -41,10 +95,38 @@ fn key(out: &mut Vec<u8>, k: &str) {
     out.push(b':');
 }
 
-/// Appends an RFC 3339 timestamp with nanoseconds.
+/// Appends an RFC 3339 timestamp with nanoseconds (`"2023-11-14T22:13:20.123456789Z"`),
+/// the same text as `humantime::format_rfc3339_nanos`, without `fmt`.
 pub fn json_time(out: &mut Vec<u8>, unix_nanos: u64) {
-    let t = UNIX_EPOCH + Duration::from_nanos(unix_nanos);
-    let _ = write!(out, "\"{}\"", humantime::format_rfc3339_nanos(t));
+    let secs = unix_nanos / 1_000_000_000;
+    let nanos = (unix_nanos % 1_000_000_000) as u32;
+    let days = (secs / 86_400) as i64;
+    let sod = (secs % 86_400) as u32;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u32;
+    let mut b = *b"\"0000-00-00T00:00:00.000000000Z\"";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(1, 4, year);
+    put(6, 2, month);
+    put(9, 2, day);
+    put(12, 2, sod / 3600);
+    put(15, 2, sod / 60 % 60);
+    put(18, 2, sod % 60);
+    put(21, 9, nanos);
+    out.extend_from_slice(&b);
 }
 
 /// Appends lowercase hex of `bytes` as a JSON string.
@@ -60,9 +142,18 @@ pub fn json_hex(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    let mut v = Vec::with_capacity(bytes.len() * 2 + 2);
-    json_hex(&mut v, bytes);
-    String::from_utf8_lossy(&v[1..v.len() - 1]).into_owned()
+    hex_concat(&[bytes])
+}
+
+/// Lowercase hex of the parts one after another, in one allocation.
+pub fn hex_concat(parts: &[&[u8]]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len() * 2).sum());
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
 }
 
 fn any_value(out: &mut Vec<u8>, v: Option<&AnyValue>) {
@@ -75,9 +166,7 @@ fn any_value(out: &mut Vec<u8>, v: Option<&AnyValue>) {
         any_value::Value::BoolValue(b) => {
             out.extend_from_slice(if *b { b"true" } else { b"false" })
         }
-        any_value::Value::IntValue(i) => {
-            let _ = write!(out, "{i}");
-        }
+        any_value::Value::IntValue(i) => json_i64(out, *i),
         any_value::Value::DoubleValue(d) => json_f64(out, *d),
         any_value::Value::ArrayValue(a) => {
             out.push(b'[');
@@ -274,10 +363,10 @@ pub fn encode_span(
     json_str(out, &s.name);
     out.extend_from_slice(b",\"kind\":");
     json_str(out, span_kind_name(s.kind));
-    let _ = write!(
+    out.extend_from_slice(b",\"duration\":");
+    json_u64(
         out,
-        ",\"duration\":{}",
-        s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano)
+        s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
     );
     if let Some(st) = &s.status {
         let code = match status::StatusCode::try_from(st.code) {
@@ -646,6 +735,53 @@ pub fn encode_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    proptest! {
+        #[test]
+        fn json_str_matches_serde_json(s in "\\PC*|[\\x00-\\x7f]*") {
+            let mut ours = Vec::new();
+            json_str(&mut ours, &s);
+            prop_assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&s).unwrap());
+        }
+
+        #[test]
+        fn json_time_matches_humantime(ns in 0u64..=u64::MAX) {
+            let mut ours = Vec::new();
+            json_time(&mut ours, ns);
+            let expected = format!("\"{}\"", humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(ns)));
+            prop_assert_eq!(String::from_utf8(ours).unwrap(), expected);
+        }
+
+        #[test]
+        fn integers_match_display(v in any::<i64>(), u in any::<u64>()) {
+            let mut out = Vec::new();
+            json_i64(&mut out, v);
+            out.push(b' ');
+            json_u64(&mut out, u);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), format!("{v} {u}"));
+        }
+    }
+
+    #[test]
+    fn json_time_edges() {
+        for ns in [
+            0,
+            1,
+            951_782_400_000_000_000,
+            1_709_164_800_999_999_999,
+            4_102_444_800_000_000_000,
+        ] {
+            let mut ours = Vec::new();
+            json_time(&mut ours, ns);
+            let expected = format!(
+                "\"{}\"",
+                humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(ns))
+            );
+            assert_eq!(String::from_utf8(ours).unwrap(), expected);
+        }
+    }
     use crate::detect::{Explanation, Verdict};
     use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
     use opentelemetry_proto::tonic::trace::v1::Status;

@@ -24,13 +24,16 @@ use crate::detect::span::{SpanDetector, SpanObs, SpanParams};
 use crate::detect::{Verdict, ANOMALOUS_SCORE};
 use crate::export::document::{
     attr_str, encode_log, encode_point, encode_resource, encode_scope, encode_span, hex,
-    span_is_error, DataStream, PointRef, Shared,
+    hex_concat, span_is_error, DataStream, PointRef, Shared,
 };
-use crate::export::Doc;
+use crate::export::{Doc, DocBatch};
 use crate::telemetry::{EventLabels, Metrics, Signal, SignalLabels};
 
 /// Detector state is split into shards by key hash so workers rarely contend.
 const SHARDS: usize = 16;
+
+/// Room reserved per document in a request's shared buffer (a typical span document is ~1 KiB).
+const DOC_BYTES: usize = 1024;
 
 /// Service name used when a resource has none (the OTel SDK default prefix).
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -339,7 +342,8 @@ impl Processor {
                 listener(&caller, &callee, calls);
             }
         }
-        let mut docs = Vec::new();
+        let spans = req.resource_spans.iter().flat_map(|r| &r.scope_spans);
+        let mut docs = DocBatch::with_capacity(spans.map(|s| s.spans.len()).sum(), DOC_BYTES);
         let mut events = Vec::new();
         // A span from the future (a skewed clock) must not run the key's
         // intervals ahead of real time: its end is capped for the detector.
@@ -364,23 +368,15 @@ impl Processor {
                     };
                     let verdict = self.detectors.span(&obs, &mut events);
                     self.note(Signal::traces, service, &s.name, &verdict);
-                    let mut source = Vec::with_capacity(512);
-                    encode_span(
-                        &mut source,
-                        s,
-                        &shared,
-                        &self.data_stream,
-                        &verdict,
-                        &s.name,
-                    );
-                    let mut id = hex(&s.trace_id);
-                    id.push_str(&hex(&s.span_id));
-                    docs.push(Doc::new(Signal::traces, id, source));
+                    let id = hex_concat(&[&s.trace_id, &s.span_id]);
+                    docs.push(Signal::traces, id, |out| {
+                        encode_span(out, s, &shared, &self.data_stream, &verdict, &s.name)
+                    });
                 }
             }
         }
         self.publish(events);
-        docs
+        docs.finish()
     }
 
     /// Closes the intervals that ended by `now_ns` on every span key and
@@ -429,7 +425,7 @@ impl Processor {
         &self,
         req: opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
     ) -> Vec<Doc> {
-        let mut docs = Vec::new();
+        let mut docs = DocBatch::with_capacity(0, DOC_BYTES);
         let mut attrs_json = Vec::with_capacity(128);
         for rm in &req.resource_metrics {
             let (service, res_json) = resource_parts(rm.resource.as_ref(), &rm.schema_url);
@@ -511,15 +507,6 @@ impl Processor {
                         if let Some(v) = &verdict {
                             self.note(Signal::metrics, service, &m.name, v);
                         }
-                        let mut source = Vec::with_capacity(512);
-                        encode_point(
-                            &mut source,
-                            m,
-                            p,
-                            &shared,
-                            &self.data_stream,
-                            verdict.as_ref(),
-                        );
                         let (start, time) = p.times();
                         let id = id128(&[
                             &series.to_le_bytes(),
@@ -529,19 +516,21 @@ impl Processor {
                             &start.to_le_bytes(),
                             &time.to_le_bytes(),
                         ]);
-                        docs.push(Doc::new(Signal::metrics, id, source));
+                        docs.push(Signal::metrics, id, |out| {
+                            encode_point(out, m, p, &shared, &self.data_stream, verdict.as_ref())
+                        });
                     }
                 }
             }
         }
-        docs
+        docs.finish()
     }
 
     fn logs(
         &self,
         req: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
     ) -> Vec<Doc> {
-        let mut docs = Vec::new();
+        let mut docs = DocBatch::with_capacity(0, DOC_BYTES);
         let mut encoded = Vec::with_capacity(256);
         for rl in &req.resource_logs {
             let (service, res_json) = resource_parts(rl.resource.as_ref(), &rl.schema_url);
@@ -559,25 +548,25 @@ impl Processor {
                         .unwrap_or_else(now_ns);
                     let verdict = self.detectors.log(service, time_ns, r.severity_number);
                     self.note(Signal::logs, service, service, &verdict);
-                    let mut source = Vec::with_capacity(512);
-                    encode_log(
-                        &mut source,
-                        r,
-                        time_ns,
-                        &shared,
-                        &self.data_stream,
-                        &verdict,
-                        service,
-                    );
                     encoded.clear();
                     // Encoding a prost message into a Vec cannot fail.
                     let _ = r.encode(&mut encoded);
                     let id = id128(&[&res_json, &scope_json, &encoded, &time_ns.to_le_bytes()]);
-                    docs.push(Doc::new(Signal::logs, id, source));
+                    docs.push(Signal::logs, id, |out| {
+                        encode_log(
+                            out,
+                            r,
+                            time_ns,
+                            &shared,
+                            &self.data_stream,
+                            &verdict,
+                            service,
+                        )
+                    });
                 }
             }
         }
-        docs
+        docs.finish()
     }
 }
 

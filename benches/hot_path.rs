@@ -1,0 +1,299 @@
+//! Micro-benchmarks of the sidecar's per-record work: OTLP decode, span and
+//! point scoring, Elasticsearch document encoding, bulk body build (with and
+//! without gzip), and the whole scoring worker step on one request.
+//! Inputs are the load generator's realistic payloads; setup stays out of
+//! the timing.
+//!
+//! `cargo bench --bench hot_path` (add `-- <filter>` for one group).
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use otel_anomaly::config::Settings;
+use otel_anomaly::detect::keys::key_hash;
+use otel_anomaly::detect::metric::{MetricDetector, MetricParams, PointValue};
+use otel_anomaly::detect::span::{SpanDetector, SpanObs, SpanParams};
+use otel_anomaly::export::bulk::{build_body, ActionPrefixes};
+use otel_anomaly::export::document::{
+    encode_resource, encode_scope, encode_span, span_is_error, DataStream, Shared,
+};
+use otel_anomaly::export::elasticsearch::gzip;
+use otel_anomaly::export::Doc;
+use otel_anomaly::loadgen::payload::{prepare, Encoding, SignalKind};
+use otel_anomaly::pipeline::process::Processor;
+use otel_anomaly::pipeline::{AnomalyFeed, Payload};
+use otel_anomaly::telemetry::Metrics;
+use prost::Message;
+
+const SPANS: usize = 500;
+const NOW_NS: u64 = 1_800_000_000_000_000_000;
+
+fn trace_bodies(n: usize) -> Vec<Vec<u8>> {
+    prepare(SignalKind::Traces, Encoding::Protobuf, n, SPANS, 8, 1)
+        .iter()
+        .enumerate()
+        .map(|(i, p)| p.stamped(NOW_NS + i as u64 * 1_000_000_000))
+        .collect()
+}
+
+fn trace_requests(n: usize) -> Vec<ExportTraceServiceRequest> {
+    trace_bodies(n)
+        .iter()
+        .map(|b| ExportTraceServiceRequest::decode(b.as_slice()).expect("valid payload"))
+        .collect()
+}
+
+fn otlp_decode(c: &mut Criterion) {
+    let bodies = trace_bodies(16);
+    let mut g = c.benchmark_group("otlp_decode");
+    g.throughput(Throughput::Elements(SPANS as u64));
+    g.bench_function("traces_500_spans", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % bodies.len();
+            black_box(ExportTraceServiceRequest::decode(bodies[i].as_slice()).expect("valid"))
+        })
+    });
+    g.finish();
+}
+
+fn span_scoring(c: &mut Criterion) {
+    let reqs = trace_requests(16);
+    let mut det = SpanDetector::new(SpanParams::default());
+    let obs: Vec<Vec<(u64, SpanObs<'_>)>> = reqs
+        .iter()
+        .map(|r| {
+            let mut v = Vec::new();
+            for rs in &r.resource_spans {
+                let service = rs
+                    .resource
+                    .as_ref()
+                    .and_then(|r| {
+                        otel_anomaly::export::document::attr_str(&r.attributes, "service.name")
+                    })
+                    .unwrap_or("unknown");
+                for s in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                    let o = SpanObs {
+                        service,
+                        name: &s.name,
+                        kind: s.kind,
+                        end_ns: s.end_time_unix_nano,
+                        duration_ns: s.end_time_unix_nano - s.start_time_unix_nano,
+                        is_error: span_is_error(s),
+                        trace_id: &s.trace_id,
+                    };
+                    v.push((o.key(), o));
+                }
+            }
+            v
+        })
+        .collect();
+    // Warm every key past its cold start.
+    for batch in &obs {
+        for (k, o) in batch {
+            det.observe_key(*k, o);
+        }
+    }
+    let mut g = c.benchmark_group("span_scoring");
+    g.throughput(Throughput::Elements(SPANS as u64));
+    g.bench_function("observe_500_spans", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % obs.len();
+            for (k, o) in &obs[i] {
+                black_box(det.observe_key(*k, o));
+            }
+        })
+    });
+    g.bench_function("key_hash_500_spans", |b| {
+        b.iter(|| {
+            for (_, o) in &obs[0] {
+                black_box(o.key());
+            }
+        })
+    });
+    g.finish();
+}
+
+fn point_scoring(c: &mut Criterion) {
+    let bodies: Vec<ExportMetricsServiceRequest> =
+        prepare(SignalKind::Metrics, Encoding::Protobuf, 4, 500, 8, 1)
+            .iter()
+            .map(|p| {
+                ExportMetricsServiceRequest::decode(p.stamped(NOW_NS).as_slice()).expect("valid")
+            })
+            .collect();
+    let mut points = Vec::new();
+    for r in &bodies {
+        for m in r
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+        {
+            let key = key_hash(&[m.name.as_bytes()]);
+            if let Some(metric::Data::Gauge(g)) = &m.data {
+                for p in &g.data_points {
+                    let v = match p.value {
+                        Some(number_data_point::Value::AsDouble(d)) => d,
+                        Some(number_data_point::Value::AsInt(i)) => i as f64,
+                        None => 0.0,
+                    };
+                    points.push((key ^ p.attributes.len() as u64, v));
+                }
+            }
+        }
+    }
+    let mut det = MetricDetector::new(MetricParams {
+        max_series: 50_000,
+        ..MetricParams::default()
+    });
+    // One point per series every 10 s, as a metrics SDK exports.
+    let mut t: u64 = 1_700_000_000_000_000_000;
+    for _ in 0..50 {
+        t += 10_000_000_000;
+        for (k, v) in &points {
+            det.observe(*k, t, PointValue::Gauge(*v));
+        }
+    }
+    let mut g = c.benchmark_group("point_scoring");
+    g.throughput(Throughput::Elements(points.len() as u64));
+    g.bench_function("observe_gauges", |b| {
+        b.iter(|| {
+            t += 10_000_000_000;
+            for (k, v) in &points {
+                black_box(det.observe(*k, t, PointValue::Gauge(*v)));
+            }
+        })
+    });
+    g.finish();
+}
+
+fn es_document(c: &mut Criterion) {
+    let reqs = trace_requests(4);
+    let r = &reqs[0];
+    let rs = &r.resource_spans[0];
+    let res = encode_resource(rs.resource.as_ref(), "");
+    let scope = encode_scope(rs.scope_spans[0].scope.as_ref(), "");
+    let shared = Shared {
+        resource: &res,
+        scope: &scope,
+    };
+    let ds = DataStream {
+        dataset: "otel".into(),
+        namespace: "bench".into(),
+    };
+    let spans: Vec<_> = r
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    let verdict = otel_anomaly::detect::Verdict::cold_start(3, 50);
+    let mut g = c.benchmark_group("es_document");
+    g.throughput(Throughput::Elements(spans.len() as u64));
+    g.bench_function("encode_span_reused_buffer", |b| {
+        let mut out = Vec::with_capacity(1 << 20);
+        b.iter(|| {
+            out.clear();
+            for s in &spans {
+                encode_span(&mut out, s, &shared, &ds, &verdict, &s.name);
+            }
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+fn docs_for_bulk() -> Vec<Doc> {
+    let settings = Settings::default();
+    let p = Processor::new(
+        &settings,
+        "otel",
+        Arc::new(Metrics::default()),
+        Arc::new(AnomalyFeed::default()),
+    );
+    let mut docs = Vec::new();
+    for r in trace_requests(4) {
+        docs.extend(p.process(Payload::Traces(r)));
+    }
+    docs
+}
+
+fn bulk_body(c: &mut Criterion) {
+    let docs = docs_for_bulk();
+    let prefixes = ActionPrefixes::new(|s| format!("{}-otel-bench", s.as_str()));
+    let mut body = Vec::new();
+    build_body(&docs, &prefixes, &mut body);
+    let gz = gzip(&body).expect("gzip into memory");
+    eprintln!(
+        "bulk body: {} documents, {} bytes ({:.0} per document), gzip level 1: {} bytes ({:.1}x)",
+        docs.len(),
+        body.len(),
+        body.len() as f64 / docs.len() as f64,
+        gz.len(),
+        body.len() as f64 / gz.len() as f64
+    );
+    let mut g = c.benchmark_group("bulk_body");
+    g.throughput(Throughput::Elements(docs.len() as u64));
+    g.bench_function("build", |b| {
+        let mut out = Vec::with_capacity(4 << 20);
+        b.iter(|| {
+            out.clear();
+            build_body(&docs, &prefixes, &mut out);
+            black_box(out.len())
+        })
+    });
+    g.bench_function("build_gzip_level1", |b| {
+        let mut out = Vec::with_capacity(4 << 20);
+        b.iter(|| {
+            out.clear();
+            build_body(&docs, &prefixes, &mut out);
+            black_box(gzip(&out).expect("gzip into memory").len())
+        })
+    });
+    g.finish();
+}
+
+fn worker_step(c: &mut Criterion) {
+    let settings = Settings::default();
+    let p = Processor::new(
+        &settings,
+        "otel",
+        Arc::new(Metrics::default()),
+        Arc::new(AnomalyFeed::default()),
+    );
+    let reqs = trace_requests(16);
+    for r in &reqs {
+        p.process(Payload::Traces(r.clone()));
+    }
+    let mut g = c.benchmark_group("worker_step");
+    g.throughput(Throughput::Elements(SPANS as u64));
+    g.bench_function("score_enrich_encode_500_spans", |b| {
+        let mut i = 0;
+        b.iter_batched(
+            || {
+                i = (i + 1) % reqs.len();
+                reqs[i].clone()
+            },
+            |r| black_box(p.process(Payload::Traces(r))),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    otlp_decode,
+    span_scoring,
+    point_scoring,
+    es_document,
+    bulk_body,
+    worker_step
+);
+criterion_main!(benches);
