@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Checks the Helm chart(s) and the Dockerfile without a cluster:
+# Checks the Helm charts (sidecar, then aggregator) and the Dockerfile without a cluster:
 #   - helm lint --strict, with the default values and each helm/examples/*.yaml
 #     (collector-values.yaml is for the OpenTelemetry Collector chart: linted as YAML only);
 #   - helm template of the same value sets, validated against the Kubernetes schemas of
 #     two Kubernetes versions (kubernetes-validate --strict: unknown fields are errors);
 #   - rules on the rendered manifests (security context, probes, ports, no inlined
 #     Secret, config file mounted and passed with --config);
-#   - the rendered config.yaml accepted by the real binary (`otel-anomaly check-config`),
-#     when a built binary is around (target/debug or target/release, or $OTEL_ANOMALY_BIN);
-#   - NOTES.txt rendered, with the collector exporter snippet for this release;
+#   - the rendered config.yaml accepted by the real binary (`otel-anomaly check-config` for
+#     the sidecar, `otel-anomaly aggregator --config FILE --check` for the aggregator, with
+#     stand-in secret files), when a built binary is around (target/debug or target/release,
+#     or $OTEL_ANOMALY_BIN);
+#   - NOTES.txt rendered, with the collector exporter snippet for this release (sidecar) and
+#     the push: snippets for the sidecar chart, each rendered through it (aggregator);
 #   - yamllint (relaxed) on Chart.yaml and the values files; hadolint on the Dockerfile;
 #   - negative checks: bad values (environment "Prod-1", a string port, …) must make
 #     helm template FAIL, through values.schema.json or the chart's own checks.
@@ -269,11 +272,15 @@ if es:
     for key in ("api_key_file", "password_file", "ca_file"):
         if key in es:
             check(es[key] in files, f"{key} {es[key]} is mounted from a Secret")
+push = cfg.get("push", {})
+for key in ("token_file", "ca_file"):
+    if key in push:
+        check(push[key] in files, f"push.{key} {push[key]} is mounted from a Secret")
 check(len(by_kind.get("PodDisruptionBudget", [])) <= 1, "at most one PDB")
 if errors:
     print("\n".join(errors))
     sys.exit(1)
-print(f"{len(docs)} manifests, environment={cfg['environment']}, elasticsearch={'yes' if es else 'no'}")
+print(f"{len(docs)} manifests, environment={cfg['environment']}, elasticsearch={'yes' if es else 'no'}, push={'yes' if push.get('url') else 'no'}")
 PY
   ); then
     pass "$(set_name "$s"): $out"
@@ -651,6 +658,20 @@ PY
       echo "$out" | indent
     fi
   done
+  # The check can fail: a value the schema lets through but the binary refuses.
+  bad_cfg="$WORK/agg-config-bad.yaml"
+  "$HELM" template "$AGG_RELEASE" "$AGG_CHART" -n "$NAMESPACE" --show-only templates/configmap.yaml \
+    --set config.incidents.max_duration=1m \
+    | "$PY" -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["data"]["config.yaml"])' \
+    | sed "s#^data_dir: .*#data_dir: $WORK/agg-bad-data#" > "$bad_cfg"
+  if out=$(env -u OTEL_ANOMALY_BIN "$BIN" aggregator --config "$bad_cfg" --check 2>&1); then
+    fail "incidents.max_duration 1m (below resolve_after 5m) was accepted"
+  elif grep -q "max_duration greater than resolve_after" <<< "$out"; then
+    pass "refused as it must: incidents.max_duration 1m below resolve_after 5m"
+  else
+    fail "incidents.max_duration 1m: refused for another reason"
+    echo "$out" | indent
+  fi
 fi
 
 step "aggregator: NOTES.txt (dashboard access and the sidecar push: snippet)"
