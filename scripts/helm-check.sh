@@ -588,9 +588,13 @@ for path in filter(None, named):
     check(path in files, f"{path} is mounted from a Secret")
 check(len(files) == len(set(filter(None, named))), f"secret files mounted but not used: {sorted(set(files) - set(named))}")
 
-svc = [d for d in by_kind["Service"] if not d["metadata"]["name"].endswith("-headless")][0]
+(svc,) = [d for d in by_kind["Service"] if d["metadata"]["name"] == sts["metadata"]["name"]]
 svc_ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
 check(svc_ports == {"push": ports["push"], "http": ports["http"]}, f"Service ports {svc_ports}")
+for other in by_kind["Service"]:
+    if other is not svc:
+        names = [p["name"] for p in other["spec"]["ports"]]
+        check(names == ["push"], f"Service {other['metadata']['name']} exposes only push (got {names})")
 headless = [d for d in by_kind["Service"] if d["metadata"]["name"] == sts["spec"]["serviceName"]]
 check(len(headless) == 1 and headless[0]["spec"].get("clusterIP") == "None", "serviceName is a headless Service")
 for ing in by_kind.get("Ingress", []):
