@@ -427,6 +427,7 @@ negative "$SCHEMA_ERR" 'elasticsearch.mode "bulk"' --set elasticsearch.mode=bulk
 negative "$SCHEMA_ERR" 'unknown config key' --set config.pipeline.workerz=2
 negative "$SCHEMA_ERR" 'chart-owned key under config' --set config.data_dir=/tmp
 negative "$SCHEMA_ERR" 'bad duration' --set config.shutdown_timeout=soon
+negative "$SCHEMA_ERR" 'chart-owned snapshot path under config' --set config.detect.snapshot.path=/tmp/x
 negative "$SCHEMA_ERR" 'elasticsearch URL without scheme' --set elasticsearch.enabled=true --set 'elasticsearch.urls={es:9200}'
 negative "$SCHEMA_ERR" 'unknown top-level value' --set replicas=3
 negative "$SCHEMA_ERR" 'Secret name with capitals' --set elasticsearch.apiKey.existingSecret=My_Key
