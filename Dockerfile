@@ -28,7 +28,8 @@ USER 65532:65532
 # The user's home is writable: the default data_dir (otel-anomaly-data) lands there.
 # In Kubernetes the chart mounts data_dir and the root filesystem is read-only.
 WORKDIR /home/nonroot
-# OTLP/gRPC, OTLP/HTTP, admin (/metrics, /healthz, /readyz).
-EXPOSE 4317 4318 8888
+# Sidecar: OTLP/gRPC, OTLP/HTTP, admin (/metrics, /healthz, /readyz).
+# Aggregator (`aggregator --config FILE`): push API (gRPC), HTTP API and dashboard.
+EXPOSE 4317 4318 8888 4320 8080
 ENTRYPOINT ["/usr/local/bin/otel-anomaly"]
 CMD ["sidecar"]

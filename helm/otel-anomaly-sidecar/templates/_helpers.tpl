@@ -61,6 +61,8 @@ app.kubernetes.io/part-of: otel-anomaly
 {{- define "otel-anomaly-sidecar.apiKeyFile" -}}/etc/otel-anomaly/secrets/elasticsearch-api-key{{- end }}
 {{- define "otel-anomaly-sidecar.passwordFile" -}}/etc/otel-anomaly/secrets/elasticsearch-password{{- end }}
 {{- define "otel-anomaly-sidecar.caFile" -}}/etc/otel-anomaly/secrets/elasticsearch-ca.crt{{- end }}
+{{- define "otel-anomaly-sidecar.pushTokenFile" -}}/etc/otel-anomaly/secrets/push-token{{- end }}
+{{- define "otel-anomaly-sidecar.pushCaFile" -}}/etc/otel-anomaly/secrets/aggregator-ca.crt{{- end }}
 
 {{/* host:port for a listener; IPv6 hosts get brackets. */}}
 {{- define "otel-anomaly-sidecar.listen" -}}
@@ -91,6 +93,15 @@ Checks across values, with plain messages (values.schema.json checks each value)
 {{- end }}
 {{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- $push := $v.push }}
+{{- if $push.enabled }}
+{{- if not (and $push.url $push.token.existingSecret) }}
+{{- fail "push.enabled needs push.url and push.token.existingSecret (the Secret holding this sidecar's token)" }}
+{{- end }}
+{{- if and $push.tls.ca.existingSecret (not (hasPrefix "https://" $push.url)) }}
+{{- fail "push.tls.ca is only used with an https:// push.url" }}
+{{- end }}
 {{- end }}
 {{- $es := $v.elasticsearch }}
 {{- if $es.enabled }}
@@ -147,6 +158,14 @@ The sidecar's configuration file. Chart-owned keys are merged over `config`
 {{- end }}
 {{- $_ := set $owned "export" (dict "elasticsearch" $out) }}
 {{- end }}
+{{- if $v.push.enabled }}
+{{- $push := dict "url" $v.push.url "token_file" (include "otel-anomaly-sidecar.pushTokenFile" .) }}
+{{- with $v.push.sidecarId }}{{ $_ := set $push "sidecar_id" . }}{{ end }}
+{{- if $v.push.tls.ca.existingSecret }}
+{{- $_ := set $push "ca_file" (include "otel-anomaly-sidecar.pushCaFile" .) }}
+{{- end }}
+{{- $_ := set $owned "push" $push }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite (deepCopy $v.config) $owned) }}
 {{- end }}
 
@@ -186,4 +205,11 @@ while the Service sends it no traffic because it is not ready.
   protocol: TCP
   appProtocol: http
 {{- end }}
+{{- end }}
+
+{{/* Port of push.url (explicit, else 443 / 80 by scheme). */}}
+{{- define "otel-anomaly-sidecar.pushPort" -}}
+{{- $u := urlParse .Values.push.url }}
+{{- $parts := splitList ":" $u.host }}
+{{- if gt (len $parts) 1 }}{{ last $parts }}{{ else }}{{ ternary 443 80 (eq $u.scheme "https") }}{{ end }}
 {{- end }}
