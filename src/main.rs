@@ -327,6 +327,13 @@ async fn run_demo(
         otel_anomaly::push::config::enable(c, agg.grpc_url(), agg.tokens[env.as_str()].clone())?;
     }
     cfg2.settings.environment = second_env.clone();
+    // Its own state, output and dead letters: a detector snapshot belongs to one environment.
+    cfg2.settings.data_dir = cfg.settings.data_dir.join(&second_env);
+    cfg2.settings.detect.snapshot.path = None;
+    cfg2.settings.export.dead_letter_path = None;
+    if cfg2.settings.export.file.dir.is_some() {
+        cfg2.settings.export.file.dir = Some(cfg2.settings.data_dir.join("ndjson"));
+    }
     let s2 = &mut cfg2.settings;
     (
         s2.receiver.grpc.listen,

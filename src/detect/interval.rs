@@ -272,6 +272,23 @@ impl IntervalState {
             .is_some_and(|e| family(e.signal) == 0 && e.intervals >= ACCEPT_AFTER)
     }
 
+    /// True when this key's latency looks shifted right now: a latency event
+    /// is open, or at least 10 % of the judged spans of this and the previous
+    /// interval (at least 10 spans) were above the baseline p99, ten times
+    /// the expected share. Spans above p99 are then kept out of the
+    /// baseline even when their own score is low: otherwise the lower edge of
+    /// a shifted distribution enters at full weight, raises the baseline's
+    /// maximum, and the next spans look ordinary (a ratchet that learned a 6×
+    /// slowdown in three seconds on a key with a few hundred spans of history).
+    pub fn latency_suspect(&self) -> bool {
+        if self.open.as_ref().is_some_and(|e| family(e.signal) == 0) {
+            return true;
+        }
+        let judged = self.cur.judged + self.prev[0].judged;
+        let above = self.cur.above_p99 + self.prev[0].above_p99;
+        judged >= 10 && above * 10 >= judged
+    }
+
     /// Adds a span to the current interval. Call `close_until` first so that
     /// a span of a new interval closes the old one.
     pub fn add(&mut self, o: &IntervalObs<'_>) {

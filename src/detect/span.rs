@@ -300,7 +300,9 @@ impl SpanDetector {
         let errors = st.errors.observe(span.end_ns, span.is_error, &rate_params);
         // Unusual durations are kept (mostly) out of the baseline, so an
         // outage does not become the normal.
-        let weight = if latency.score >= NORMAL_SCORE && !st.interval.learning() {
+        let unusual = latency.score >= NORMAL_SCORE
+            || (tail_fraction.is_some_and(|t| t < 0.01) && st.interval.latency_suspect());
+        let weight = if unusual && !st.interval.learning() {
             UNUSUAL_WEIGHT
         } else {
             1.0
@@ -460,6 +462,37 @@ mod tests {
         assert!(
             events.is_empty(),
             "the gap is not a throughput drop: {events:?}"
+        );
+    }
+
+    #[test]
+    fn a_shift_on_a_low_rate_key_is_not_learned_from_its_lower_edge() {
+        // The demo's payment / Charge: ~5 spans/s, a 5-minute half-life, one
+        // minute of history, then 6× slower. The lower edge of the slow
+        // spans scores low on its own; it must not ratchet the baseline up.
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut d = SpanDetector::new(SpanParams {
+            half_life_ns: 300 * S,
+            ..SpanParams::default()
+        });
+        let mut t = 1_700_000_000 * S;
+        for _ in 0..300 {
+            t += 200 * MS;
+            let dur = lognormal(&mut rng, 90.0, 0.35) * MS as f64;
+            d.observe(&span("Charge", t, dur as u64, false));
+        }
+        let mut scores = Vec::new();
+        for _ in 0..300 {
+            t += 200 * MS;
+            let dur = lognormal(&mut rng, 540.0, 0.35) * MS as f64;
+            scores.push(d.observe(&span("Charge", t, dur as u64, false)).score);
+        }
+        let late = &scores[150..];
+        let high = late.iter().filter(|s| **s >= 50.0).count();
+        assert!(
+            high * 10 >= late.len() * 8,
+            "after 30 s of the shift only {high} of {} spans still score ≥ 50",
+            late.len()
         );
     }
 
