@@ -234,8 +234,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             }));
             // The service graph (caller → callee) from parent/child spans.
             let h = handle.clone();
-            processor.on_edges(Box::new(move |caller, callee, calls| {
-                h.add_edge(caller, callee, calls)
+            processor.on_traces(Box::new(move |req| {
+                for ((caller, callee), calls) in crate::push::edges::edges_of(req) {
+                    h.add_edge(&caller, &callee, calls);
+                }
             }));
         }
         let every = s.push.heartbeat_interval.min(Duration::from_secs(10));

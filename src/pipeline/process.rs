@@ -227,8 +227,13 @@ fn restore_sharded<D, V>(
     n
 }
 
-/// Receives the caller → callee service edges of each traces request.
-pub type EdgeListener = Box<dyn Fn(&str, &str, u64) + Send + Sync>;
+/// Sees each traces request before it is scored (the push client learns the
+/// service graph from it).
+pub type TracesListener = Box<
+    dyn Fn(&opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest)
+        + Send
+        + Sync,
+>;
 
 /// Turns requests into scored documents.
 pub struct Processor {
@@ -236,7 +241,7 @@ pub struct Processor {
     data_stream: DataStream,
     metrics: Arc<Metrics>,
     feed: Arc<AnomalyFeed>,
-    edges: std::sync::OnceLock<EdgeListener>,
+    traces_listener: std::sync::OnceLock<TracesListener>,
 }
 
 impl std::fmt::Debug for Processor {
@@ -279,13 +284,13 @@ impl Processor {
             },
             metrics,
             feed,
-            edges: std::sync::OnceLock::new(),
+            traces_listener: std::sync::OnceLock::new(),
         }
     }
 
-    /// Sets the listener for service edges (once; later calls are ignored).
-    pub fn on_edges(&self, listener: EdgeListener) {
-        let _ = self.edges.set(listener);
+    /// Sets the listener that sees each traces request (once; later calls are ignored).
+    pub fn on_traces(&self, listener: TracesListener) {
+        let _ = self.traces_listener.set(listener);
     }
 
     /// The detectors (for stats).
@@ -337,10 +342,8 @@ impl Processor {
         &self,
         req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
     ) -> Vec<Doc> {
-        if let Some(listener) = self.edges.get() {
-            for ((caller, callee), calls) in crate::push::edges::edges_of(&req) {
-                listener(&caller, &callee, calls);
-            }
+        if let Some(listener) = self.traces_listener.get() {
+            listener(&req);
         }
         let spans = req.resource_spans.iter().flat_map(|r| &r.scope_spans);
         let mut docs = DocBatch::with_capacity(spans.map(|s| s.spans.len()).sum(), DOC_BYTES);
