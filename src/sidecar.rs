@@ -288,15 +288,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             registry: Arc::new(registry),
             health: health.clone(),
         });
-        let token = admin_token.clone();
-        tokio::spawn(async move {
-            let r = axum::serve(admin_listener, router)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-        })
+        telemetry::spawn_http(
+            admin_listener,
+            router,
+            admin_token.clone(),
+            "admin listener",
+        )
     };
 
     // Detector gauges.

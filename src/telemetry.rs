@@ -302,3 +302,21 @@ pub fn init_logs(settings: &crate::config::LogSettings, rust_log: Option<&str>) 
         crate::config::LogFormat::Text => builder.try_init(),
     };
 }
+
+/// Serves `router` on `listener` until `stop` is cancelled, on its own task;
+/// a failure is logged as `what` failed.
+pub fn spawn_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: tokio_util::sync::CancellationToken,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let r = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "{what} failed");
+        }
+    })
+}

@@ -279,15 +279,8 @@ pub async fn start(
 
     // REST API and dashboard.
     let router = api::router(state.clone());
-    let http_stop = shutdown.clone();
-    let http_task = tokio::spawn(async move {
-        let r = axum::serve(http_listener, router)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "http api failed");
-        }
-    });
+    let http_task =
+        crate::telemetry::spawn_http(http_listener, router, shutdown.clone(), "http api");
 
     // Resolution, persistence rule and retention.
     let sweep_store = store.clone();
