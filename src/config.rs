@@ -172,7 +172,7 @@ pub struct PipelineSettings {
 impl Default for PipelineSettings {
     fn default() -> Self {
         Self {
-            max_queued_records: 200_000,
+            max_queued_records: 50_000,
             workers: 0,
         }
     }
