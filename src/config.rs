@@ -370,6 +370,10 @@ pub struct BulkSettings {
     pub flush_interval: Duration,
     /// Bulk requests in flight at once.
     pub max_in_flight: usize,
+    /// With no bulk request in flight, send what is pending at once rather
+    /// than wait for `max_docs` or `flush_interval` (low added latency at
+    /// low and medium load; requests still fill up under load).
+    pub send_when_idle: bool,
     pub compression: Compression,
     /// Timeout of one bulk request.
     #[serde(with = "humantime_serde")]
@@ -391,6 +395,7 @@ impl Default for BulkSettings {
             max_bytes: 5 << 20,
             flush_interval: Duration::from_secs(1),
             max_in_flight: 2,
+            send_when_idle: true,
             compression: Compression::Gzip,
             timeout: Duration::from_secs(30),
             max_retries: 10,

@@ -453,7 +453,11 @@ pub async fn run(
         while !paused && in_flight.len() < es.bulk.max_in_flight && !pending.is_empty() {
             let flush_due =
                 first_pending_at.is_some_and(|t| now.duration_since(t) >= es.bulk.flush_interval);
-            if pending.len() < es.bulk.max_docs && !flush_due && input_open {
+            // An idle exporter sends at once: waiting for a fuller request only
+            // pays while another one is on the wire, and under load requests fill
+            // up by themselves while the previous one is answered.
+            let idle = es.bulk.send_when_idle && in_flight.is_empty();
+            if pending.len() < es.bulk.max_docs && !flush_due && !idle && input_open {
                 break;
             }
             let mut batch = Vec::with_capacity(es.bulk.max_docs.min(pending.len()));
