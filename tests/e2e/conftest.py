@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = Path(os.environ.get("OTEL_ANOMALY_BIN", ROOT / "target" / "debug" / "otel-anomaly"))
+TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+BINARY = Path(os.environ.get("OTEL_ANOMALY_BIN", TARGET_DIR / "debug" / "otel-anomaly"))
 
 
 def free_port() -> int:
