@@ -219,7 +219,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             crate::push::SidecarStats {
                 keys_tracked: (span_keys + series) as u64,
                 queue_depth: a.queued() as u64,
-                export_lag_seconds: 0.0,
+                export_lag_seconds: a.export_lag(std::time::SystemTime::now()).as_secs_f64(),
             }
         };
         let cluster = s.cluster.clone().unwrap_or_default();

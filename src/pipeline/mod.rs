@@ -11,8 +11,9 @@ pub mod snapshot;
 pub mod validate;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -60,6 +61,14 @@ pub struct Admission {
     sem: Semaphore,
     capacity: usize,
     metrics: Arc<Metrics>,
+    /// When records last left the pipeline (ms since the Unix epoch).
+    last_release_ms: AtomicU64,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Admission {
@@ -70,6 +79,7 @@ impl Admission {
             sem: Semaphore::new(capacity),
             capacity,
             metrics,
+            last_release_ms: AtomicU64::new(unix_ms(SystemTime::now())),
         }
     }
 
@@ -101,9 +111,22 @@ impl Admission {
     /// Returns `n` permits (records delivered or dead-lettered).
     pub fn release(&self, n: usize) {
         if n > 0 {
+            self.last_release_ms
+                .store(unix_ms(SystemTime::now()), Ordering::Relaxed);
             self.sem.add_permits(n);
             self.metrics.queued.set(self.queued() as i64);
         }
+    }
+
+    /// How long records have waited with none leaving the pipeline: zero
+    /// when nothing is queued, else the time since the output last
+    /// delivered or dead-lettered anything (grows during an outage).
+    pub fn export_lag(&self, now: SystemTime) -> Duration {
+        if self.queued() == 0 {
+            return Duration::ZERO;
+        }
+        let last = self.last_release_ms.load(Ordering::Relaxed);
+        Duration::from_millis(unix_ms(now).saturating_sub(last))
     }
 
     /// Records currently in the pipeline.
@@ -321,6 +344,21 @@ mod tests {
         a.release(6);
         a.try_admit(5).unwrap();
         assert!(matches!(a.try_admit(11), Err(Refusal::TooLarge { .. })));
+    }
+
+    #[test]
+    fn export_lag_grows_while_records_wait_and_is_zero_when_empty() {
+        let m = Arc::new(Metrics::default());
+        let a = Admission::new(10, m);
+        let now = SystemTime::now();
+        assert_eq!(a.export_lag(now + Duration::from_secs(60)), Duration::ZERO);
+        a.try_admit(3).unwrap();
+        let lag = a.export_lag(now + Duration::from_secs(60));
+        assert!(lag >= Duration::from_secs(59), "{lag:?}");
+        a.release(1);
+        assert!(a.export_lag(SystemTime::now()) < Duration::from_secs(5));
+        a.release(2);
+        assert_eq!(a.export_lag(now + Duration::from_secs(600)), Duration::ZERO);
     }
 
     #[test]
