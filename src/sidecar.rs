@@ -106,8 +106,16 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         Some(t) => crate::tls::TlsSource::load(key, t, alpn).map(Some),
         None => Ok(None),
     };
-    let grpc_tls = load_tls("receiver.grpc.tls", &s.receiver.grpc.tls, crate::tls::ALPN_GRPC)?;
-    let http_tls = load_tls("receiver.http.tls", &s.receiver.http.tls, crate::tls::ALPN_HTTP)?;
+    let grpc_tls = load_tls(
+        "receiver.grpc.tls",
+        &s.receiver.grpc.tls,
+        crate::tls::ALPN_GRPC,
+    )?;
+    let http_tls = load_tls(
+        "receiver.http.tls",
+        &s.receiver.http.tls,
+        crate::tls::ALPN_HTTP,
+    )?;
     let admin_tls = load_tls("admin.tls", &s.admin.tls, crate::tls::ALPN_HTTP)?;
     let receiver_auth =
         crate::receiver::auth::ReceiverAuth::new(cfg.receiver_tokens.clone(), metrics.clone());

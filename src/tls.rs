@@ -116,7 +116,12 @@ fn read_files(key: &str, s: &TlsSettings) -> Result<FileBytes, TlsError> {
     })
 }
 
-fn certs(key: &str, field: &str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn certs(
+    key: &str,
+    field: &str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bad = |reason: String| TlsError::Pem {
         key: format!("{key}.{field}"),
         path: path.display().to_string(),

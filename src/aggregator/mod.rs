@@ -237,11 +237,19 @@ pub async fn start(
 
     // Push API.
     let grpc_tls = match s.grpc.tls_settings() {
-        Some(t) => Some(crate::tls::TlsSource::load("grpc.tls", &t, crate::tls::ALPN_GRPC)?),
+        Some(t) => Some(crate::tls::TlsSource::load(
+            "grpc.tls",
+            &t,
+            crate::tls::ALPN_GRPC,
+        )?),
         None => None,
     };
     let http_tls = match &s.http.tls {
-        Some(t) => Some(crate::tls::TlsSource::load("http.tls", t, crate::tls::ALPN_HTTP)?),
+        Some(t) => Some(crate::tls::TlsSource::load(
+            "http.tls",
+            t,
+            crate::tls::ALPN_HTTP,
+        )?),
         None => None,
     };
     let svc = PushServer::new(grpc::PushService {
@@ -279,8 +287,9 @@ pub async fn start(
     let router = api::router(state.clone());
     let http_stop = shutdown.clone();
     let http_task = tokio::spawn(async move {
-        let r = crate::tls::serve_http(http_listener, http_tls, router, http_stop.cancelled_owned())
-            .await;
+        let r =
+            crate::tls::serve_http(http_listener, http_tls, router, http_stop.cancelled_owned())
+                .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "http api failed");
         }

@@ -125,7 +125,9 @@ pub enum PushError {
         url: String,
         source: tonic::transport::Error,
     },
-    #[error("cannot read push TLS file (ca_file, client_cert_file or client_key_file) {path}: {source}")]
+    #[error(
+        "cannot read push TLS file (ca_file, client_cert_file or client_key_file) {path}: {source}"
+    )]
     Ca {
         path: String,
         source: std::io::Error,
@@ -342,7 +344,10 @@ pub fn start(
                         source,
                     })
                 };
-                tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?))
+                tls.identity(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ))
             }
             _ => tls,
         };

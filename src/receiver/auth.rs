@@ -81,8 +81,16 @@ impl ReceiverAuth {
     }
 
     /// Checks a request's header; counts a refusal under `signal`.
-    pub fn check_request(&self, headers: &axum::http::HeaderMap, signal: Signal) -> Result<(), AuthFailure> {
-        let r = self.check(headers.get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes()));
+    pub fn check_request(
+        &self,
+        headers: &axum::http::HeaderMap,
+        signal: Signal,
+    ) -> Result<(), AuthFailure> {
+        let r = self.check(
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        );
         if let Err(f) = r {
             self.count(signal);
             tracing::debug!(signal = ?signal, reason = f.message(), "otlp request refused: not authenticated");
@@ -117,8 +125,9 @@ fn grpc_signal(path: &str) -> Signal {
 /// UNAUTHENTICATED before the message is decoded (passes all when `auth` is `None`).
 pub fn grpc_layer<B>(
     auth: Option<ReceiverAuth>,
-) -> tower::filter::FilterLayer<impl Fn(axum::http::Request<B>) -> Result<axum::http::Request<B>, tonic::Status> + Clone>
-{
+) -> tower::filter::FilterLayer<
+    impl Fn(axum::http::Request<B>) -> Result<axum::http::Request<B>, tonic::Status> + Clone,
+> {
     tower::filter::FilterLayer::new(move |req: axum::http::Request<B>| {
         let Some(auth) = &auth else { return Ok(req) };
         let signal = grpc_signal(req.uri().path());
@@ -150,10 +159,19 @@ mod tests {
         assert_eq!(auth.check(Some(b"Bearer new-token")), Ok(()));
         assert_eq!(auth.check(Some(b"bearer   old-token ")), Ok(()));
         assert_eq!(auth.check(None), Err(AuthFailure::Missing));
-        assert_eq!(auth.check(Some(b"Basic new-token")), Err(AuthFailure::Missing));
+        assert_eq!(
+            auth.check(Some(b"Basic new-token")),
+            Err(AuthFailure::Missing)
+        );
         assert_eq!(auth.check(Some(b"Bearer ")), Err(AuthFailure::Missing));
-        assert_eq!(auth.check(Some(b"Bearer new-toke")), Err(AuthFailure::Invalid));
-        assert_eq!(auth.check(Some(b"Bearer new-tokenx")), Err(AuthFailure::Invalid));
+        assert_eq!(
+            auth.check(Some(b"Bearer new-toke")),
+            Err(AuthFailure::Invalid)
+        );
+        assert_eq!(
+            auth.check(Some(b"Bearer new-tokenx")),
+            Err(AuthFailure::Invalid)
+        );
         assert_eq!(auth.check(Some(b"Bearer \xff")), Err(AuthFailure::Invalid));
         assert!(ReceiverAuth::new(vec![], Arc::new(Metrics::default())).is_none());
         assert!(!format!("{auth:?}").contains("token\""));

@@ -151,7 +151,14 @@ pub async fn serve(
     max_message_bytes: usize,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    serve_with(listener, receiver, max_message_bytes, Security::default(), shutdown).await
+    serve_with(
+        listener,
+        receiver,
+        max_message_bytes,
+        Security::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// TLS and bearer-token auth of a receiver (both optional).
@@ -192,7 +199,9 @@ pub async fn serve_with(
         None => {
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            router.serve_with_incoming_shutdown(incoming, shutdown).await
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
         }
         Some(src) => match crate::tls::TlsListener::new(listener, src) {
             Ok(l) => {

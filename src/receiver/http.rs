@@ -237,8 +237,12 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
     };
     if let Some(auth) = &state.auth {
         if let Err(f) = auth.check_request(&headers, T::SIGNAL) {
-            let mut resp =
-                error_response(StatusCode::UNAUTHORIZED, format, f.message().to_string(), false);
+            let mut resp = error_response(
+                StatusCode::UNAUTHORIZED,
+                format,
+                f.message().to_string(),
+                false,
+            );
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"otlp\""),
