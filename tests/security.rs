@@ -129,6 +129,25 @@ async fn otlp_http_needs_a_bearer_token_when_auth_is_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_is_checked_before_the_body_is_read() {
+    // An unauthenticated client gets 401, not 413/415/400: the body is not looked at.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = auth_config(dir.path());
+    cfg.settings.receiver.max_request_bytes = 1024;
+    cfg.settings.receiver.max_decompressed_bytes = 4096;
+    let sc = Sidecar::start(cfg).await;
+    for (ct, enc, body) in [
+        ("application/x-protobuf", None, vec![0u8; 4096]),
+        ("application/x-protobuf", Some("br"), vec![1, 2, 3]),
+        ("application/x-protobuf", Some("gzip"), b"not gzip".to_vec()),
+    ] {
+        let r = sc.post("/v1/traces", ct, enc, body).await;
+        assert_eq!(r.status().as_u16(), 401, "{ct} {enc:?}");
+    }
+    sc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_grpc_needs_a_bearer_token_when_auth_is_on() {
     let dir = tempfile::tempdir().unwrap();
     let sc = Sidecar::start(auth_config(dir.path())).await;

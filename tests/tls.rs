@@ -581,3 +581,38 @@ fn revalidate(cfg: otel_anomaly::config::Config) -> otel_anomaly::config::Config
     )
     .expect("config with TLS to Elasticsearch validates")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_stalled_handshakes_do_not_block_other_clients() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test ca");
+    let tls = server_tls(dir.path(), &ca, &["localhost"], false);
+    let sc = Sidecar::start(tls_sidecar_config(dir.path(), &tls)).await;
+    let addr = sc.running.http_addr.unwrap();
+    // Clients that connect and never finish a handshake (bounded: 40).
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        stalled.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Bytes that are not TLS at all.
+    for junk in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0][..],
+        &[0u8; 512][..],
+    ] {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = c.write_all(junk).await;
+    }
+    // A real client is still served while those are pending.
+    let status = tokio::time::timeout(
+        Duration::from_secs(5),
+        post_traces(&https_client(&ca.pem, addr, None), "localhost", addr),
+    )
+    .await
+    .expect("served while other handshakes stall")
+    .unwrap();
+    assert_eq!(status, 200);
+    drop(stalled);
+    sc.shutdown().await;
+}
