@@ -106,6 +106,9 @@ pub struct ListenerSettings {
     #[serde(default = "yes")]
     pub enabled: bool,
     pub listen: SocketAddr,
+    /// TLS (and mTLS with `client_ca_file`) on this listener.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 fn yes() -> bool {
@@ -124,6 +127,16 @@ pub struct ReceiverSettings {
     pub max_request_bytes: usize,
     /// Largest request after decompression, bytes (caps gzip bombs).
     pub max_decompressed_bytes: usize,
+    /// Bearer-token auth for OTLP senders (both receivers); off when absent.
+    pub auth: Option<ReceiverAuthSettings>,
+}
+
+/// `receiver.auth`: senders must send `authorization: Bearer <token>`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverAuthSettings {
+    /// Files each holding one accepted token (several allow rotation).
+    pub token_files: Vec<PathBuf>,
 }
 
 impl Default for ReceiverSettings {
@@ -132,13 +145,16 @@ impl Default for ReceiverSettings {
             grpc: ListenerSettings {
                 enabled: true,
                 listen: SocketAddr::from(([0, 0, 0, 0], 4317)),
+                tls: None,
             },
             http: ListenerSettings {
                 enabled: true,
                 listen: SocketAddr::from(([0, 0, 0, 0], 4318)),
+                tls: None,
             },
             max_request_bytes: 8 << 20,
             max_decompressed_bytes: 32 << 20,
+            auth: None,
         }
     }
 }
@@ -149,12 +165,15 @@ impl Default for ReceiverSettings {
 pub struct AdminSettings {
     /// Serves /metrics, /healthz and /readyz.
     pub listen: SocketAddr,
+    /// TLS (and mTLS with `client_ca_file`) on the admin listener.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8888)),
+            tls: None,
         }
     }
 }
@@ -328,6 +347,10 @@ pub struct ElasticsearchSettings {
     pub password_file: Option<PathBuf>,
     /// PEM CA certificate to trust for TLS.
     pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for TLS client authentication, with `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
     /// Data streams or plain indices.
     pub mode: IndexMode,
     /// Dataset part of the names: `traces-<dataset>-<environment>`.
@@ -348,6 +371,8 @@ impl Default for ElasticsearchSettings {
             username: None,
             password_file: None,
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             mode: IndexMode::DataStream,
             dataset: "otel".into(),
             setup: true,
@@ -485,6 +510,8 @@ pub struct Config {
     pub source: String,
     /// The aggregator push token, when `push.url` is set.
     pub push_token: Option<Secret>,
+    /// Tokens OTLP senders must present (`receiver.auth`); empty: no auth.
+    pub receiver_tokens: Vec<Secret>,
 }
 
 impl Config {
@@ -779,12 +806,62 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
         ));
     }
     let push_token = crate::push::config::validate(&s.push)?;
+    let receiver_tokens = validate_security(s)?;
     Ok(Config {
         settings,
         es_credentials,
         source,
         push_token,
+        receiver_tokens,
     })
+}
+
+/// TLS sections and receiver tokens (issue 10): files exist, tokens read.
+fn validate_security(s: &Settings) -> Result<Vec<Secret>, ConfigError> {
+    for (key, tls) in [
+        ("receiver.grpc.tls", &s.receiver.grpc.tls),
+        ("receiver.http.tls", &s.receiver.http.tls),
+        ("admin.tls", &s.admin.tls),
+    ] {
+        if let Some(t) = tls {
+            crate::tls::check_files(key, t).map_err(|m| invalid(key, m))?;
+        }
+    }
+    if let Some(es) = &s.export.elasticsearch {
+        match (&es.client_cert_file, &es.client_key_file) {
+            (Some(c), Some(k)) => {
+                for (key, p) in [
+                    ("export.elasticsearch.client_cert_file", c),
+                    ("export.elasticsearch.client_key_file", k),
+                ] {
+                    if !p.is_file() {
+                        return Err(invalid(key, format!("{} is not a file", p.display())));
+                    }
+                }
+            }
+            (None, None) => {}
+            _ => {
+                return Err(invalid(
+                    "export.elasticsearch",
+                    "give both client_cert_file and client_key_file, or neither",
+                ))
+            }
+        }
+    }
+    let Some(auth) = &s.receiver.auth else {
+        return Ok(Vec::new());
+    };
+    if auth.token_files.is_empty() {
+        return Err(invalid(
+            "receiver.auth.token_files",
+            "give at least one token file (or remove receiver.auth)",
+        ));
+    }
+    auth.token_files
+        .iter()
+        .enumerate()
+        .map(|(i, p)| read_secret(&format!("receiver.auth.token_files[{i}]"), p))
+        .collect()
 }
 
 #[cfg(test)]

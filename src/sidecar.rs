@@ -46,6 +46,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Push(#[from] crate::push::PushError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Batches that may wait for a scoring worker (records are capped separately by admission).
@@ -99,6 +101,24 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         false => None,
     };
     let admin_listener = bind(s.admin.listen, "admin.listen").await?;
+    // TLS files are read and checked now, so a bad certificate fails start-up.
+    let load_tls = |key: &str, t: &Option<crate::tls::TlsSettings>, alpn| match t {
+        Some(t) => crate::tls::TlsSource::load(key, t, alpn).map(Some),
+        None => Ok(None),
+    };
+    let grpc_tls = load_tls(
+        "receiver.grpc.tls",
+        &s.receiver.grpc.tls,
+        crate::tls::ALPN_GRPC,
+    )?;
+    let http_tls = load_tls(
+        "receiver.http.tls",
+        &s.receiver.http.tls,
+        crate::tls::ALPN_HTTP,
+    )?;
+    let admin_tls = load_tls("admin.tls", &s.admin.tls, crate::tls::ALPN_HTTP)?;
+    let receiver_auth =
+        crate::receiver::auth::ReceiverAuth::new(cfg.receiver_tokens.clone(), metrics.clone());
     let grpc_addr = grpc_listener.as_ref().and_then(|l| l.local_addr().ok());
     let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
     let admin_addr = admin_listener
@@ -260,24 +280,32 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         let recv = grpc::GrpcReceiver::new(pipeline.clone(), metrics.clone());
         let token = stop_accepting.clone();
         let max = s.receiver.max_decompressed_bytes;
+        let security = grpc::Security {
+            tls: grpc_tls,
+            auth: receiver_auth.clone(),
+        };
         servers.push(tokio::spawn(async move {
-            if let Err(e) = grpc::serve(l, recv, max, token.cancelled_owned()).await {
+            if let Err(e) = grpc::serve_with(l, recv, max, security, token.cancelled_owned()).await
+            {
                 tracing::error!(error = %e, "otlp/grpc receiver failed");
             }
         }));
     }
     if let Some(l) = http_listener {
-        let router = http::router(
+        let router = http::router_with_auth(
             pipeline.clone(),
             metrics.clone(),
             http::Limits {
                 max_request_bytes: s.receiver.max_request_bytes,
                 max_decompressed_bytes: s.receiver.max_decompressed_bytes,
             },
+            receiver_auth.clone(),
         );
         let token = stop_accepting.clone();
         servers.push(tokio::spawn(async move {
-            if let Err(e) = http::serve(l, router, token.cancelled_owned()).await {
+            if let Err(e) =
+                crate::tls::serve_http(l, http_tls, router, token.cancelled_owned()).await
+            {
                 tracing::error!(error = %e, "otlp/http receiver failed");
             }
         }));
@@ -288,12 +316,15 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             registry: Arc::new(registry),
             health: health.clone(),
         });
-        telemetry::spawn_http(
-            admin_listener,
-            router,
-            admin_token.clone(),
-            "admin listener",
-        )
+        let stop = admin_token.clone();
+        tokio::spawn(async move {
+            let r =
+                crate::tls::serve_http(admin_listener, admin_tls, router, stop.cancelled_owned())
+                    .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        })
     };
 
     // Detector gauges.
@@ -376,6 +407,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         grpc = ?grpc_addr,
         http = ?http_addr,
         admin = %admin_addr,
+        tls_grpc = s.receiver.grpc.tls.is_some(),
+        tls_http = s.receiver.http.tls.is_some(),
+        tls_admin = s.admin.tls.is_some(),
+        otlp_auth = !cfg.receiver_tokens.is_empty(),
         workers = n_workers,
         config = %cfg.source,
         "sidecar started"

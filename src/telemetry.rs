@@ -81,6 +81,8 @@ pub enum RejectReason {
     malformed,
     invalid_record,
     unsupported_media_type,
+    /// Missing or invalid bearer token (`receiver.auth`).
+    unauthenticated,
 }
 
 /// Labels of rejected records.

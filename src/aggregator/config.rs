@@ -56,6 +56,20 @@ pub struct GrpcSettings {
     /// TLS certificate chain (PEM); with `key_file`, the listener speaks TLS only.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// TLS in the shape every listener uses (with optional mTLS and reload);
+    /// `cert_file`/`key_file` above are the older spelling of the same.
+    pub tls: Option<crate::tls::TlsSettings>,
+}
+
+impl GrpcSettings {
+    /// The listener's TLS settings, from `tls` or the older `cert_file`/`key_file`.
+    pub fn tls_settings(&self) -> Option<crate::tls::TlsSettings> {
+        match (&self.tls, &self.cert_file, &self.key_file) {
+            (Some(t), _, _) => Some(t.clone()),
+            (None, Some(c), Some(k)) => Some(crate::tls::TlsSettings::new(c.clone(), k.clone())),
+            _ => None,
+        }
+    }
 }
 
 impl Default for GrpcSettings {
@@ -64,6 +78,7 @@ impl Default for GrpcSettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 4320)),
             cert_file: None,
             key_file: None,
+            tls: None,
         }
     }
 }
@@ -84,6 +99,8 @@ pub struct HttpSettings {
     pub external_url: Option<String>,
     /// Bearer token (file) that may also create and end silences and maintenance windows.
     pub admin_token_file: Option<PathBuf>,
+    /// TLS (and mTLS with `client_ca_file`) on the REST API and dashboard.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Default for HttpSettings {
@@ -96,6 +113,7 @@ impl Default for HttpSettings {
             anonymous: false,
             external_url: None,
             admin_token_file: None,
+            tls: None,
         }
     }
 }
@@ -408,6 +426,17 @@ pub fn validate(
                 "grpc",
                 "give both cert_file and key_file, or neither",
             ))
+        }
+    }
+    if s.grpc.tls.is_some() && s.grpc.cert_file.is_some() {
+        return Err(invalid(
+            "grpc.tls",
+            "give either tls or cert_file/key_file, not both",
+        ));
+    }
+    for (key, tls) in [("grpc.tls", &s.grpc.tls), ("http.tls", &s.http.tls)] {
+        if let Some(t) = tls {
+            crate::tls::check_files(key, t).map_err(|m| invalid(key, m))?;
         }
     }
     let h = &s.http;

@@ -28,7 +28,6 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Identity, ServerTlsConfig};
 
 use self::config::{AggregatorConfig, ApiAuth, TokenEntry};
 use self::store::{now_ns, Rules, Store, StoreError};
@@ -171,14 +170,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot read {key} {path}: {source}")]
-    Tls {
-        key: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("invalid TLS certificate or key (grpc.cert_file, grpc.key_file): {0}")]
-    TlsConfig(tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot build the alert HTTP client: {0}")]
     Alerts(reqwest::Error),
 }
@@ -199,14 +192,6 @@ async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartE
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, key, source })
-}
-
-fn read_pem(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, StartError> {
-    std::fs::read(path).map_err(|source| StartError::Tls {
-        key,
-        path: path.display().to_string(),
-        source,
-    })
 }
 
 /// Starts the aggregator; it runs until `shutdown` is cancelled.
@@ -251,27 +236,48 @@ pub async fn start(
     });
 
     // Push API.
-    let mut builder = tonic::transport::Server::builder();
-    if let (Some(cert), Some(key)) = (&s.grpc.cert_file, &s.grpc.key_file) {
-        let identity = Identity::from_pem(
-            read_pem("grpc.cert_file", cert)?,
-            read_pem("grpc.key_file", key)?,
-        );
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(identity))
-            .map_err(StartError::TlsConfig)?;
-    }
+    let grpc_tls = match s.grpc.tls_settings() {
+        Some(t) => Some(crate::tls::TlsSource::load(
+            "grpc.tls",
+            &t,
+            crate::tls::ALPN_GRPC,
+        )?),
+        None => None,
+    };
+    let http_tls = match &s.http.tls {
+        Some(t) => Some(crate::tls::TlsSource::load(
+            "http.tls",
+            t,
+            crate::tls::ALPN_HTTP,
+        )?),
+        None => None,
+    };
     let svc = PushServer::new(grpc::PushService {
         state: state.clone(),
     })
     .max_decoding_message_size(s.ingest.max_message_bytes);
     let grpc_stop = shutdown.clone();
+    let tls_on = grpc_tls.is_some();
     let grpc_task = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
-        let r = builder
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, grpc_stop.cancelled_owned())
-            .await;
+        let router = tonic::transport::Server::builder().add_service(svc);
+        let stop = grpc_stop.cancelled_owned();
+        let r = match grpc_tls {
+            None => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+                router.serve_with_incoming_shutdown(incoming, stop).await
+            }
+            Some(src) => match crate::tls::TlsListener::new(grpc_listener, src) {
+                Ok(l) => {
+                    router
+                        .serve_with_incoming_shutdown(l.into_incoming(), stop)
+                        .await
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "push api failed");
+                    return;
+                }
+            },
+        };
         if let Err(e) = r {
             tracing::error!(error = %e, "push api failed");
         }
@@ -279,8 +285,15 @@ pub async fn start(
 
     // REST API and dashboard.
     let router = api::router(state.clone());
-    let http_task =
-        crate::telemetry::spawn_http(http_listener, router, shutdown.clone(), "http api");
+    let http_stop = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        let r =
+            crate::tls::serve_http(http_listener, http_tls, router, http_stop.cancelled_owned())
+                .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "http api failed");
+        }
+    });
 
     // Resolution, persistence rule and retention.
     let sweep_store = store.clone();
@@ -326,7 +339,8 @@ pub async fn start(
     tracing::info!(
         grpc = %grpc_addr,
         http = %http_addr,
-        tls = s.grpc.cert_file.is_some(),
+        tls = tls_on,
+        http_tls = s.http.tls.is_some(),
         sidecars = cfg.tokens.len(),
         store = %cfg.store_path().display(),
         config = %cfg.source,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use elasticsearch::auth::Credentials;
+use elasticsearch::auth::{ClientCertificate, Credentials};
 use elasticsearch::cert::{Certificate, CertificateValidation};
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
 use elasticsearch::http::transport::{
@@ -33,7 +33,7 @@ pub enum EsError {
         url: String,
         source: url::ParseError,
     },
-    #[error("cannot read CA file {path}: {source}")]
+    #[error("cannot read TLS file {path}: {source}")]
     Ca {
         path: String,
         source: std::io::Error,
@@ -75,6 +75,34 @@ fn credentials(c: &Option<EsCredentials>) -> Option<Credentials> {
     }
 }
 
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, EsError> {
+    std::fs::read(path).map_err(|source| EsError::Ca {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The `Authorization` value of API key or basic credentials, marked sensitive.
+fn auth_header(
+    c: &Option<EsCredentials>,
+) -> Result<Option<elasticsearch::http::headers::HeaderValue>, EsError> {
+    use base64::Engine;
+    let text = match c {
+        Some(EsCredentials::ApiKey(k)) => format!("ApiKey {}", k.expose()),
+        Some(EsCredentials::Basic { username, password }) => format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{username}:{}", password.expose()))
+        ),
+        None => return Ok(None),
+    };
+    let mut v = elasticsearch::http::headers::HeaderValue::from_str(&text).map_err(|_| {
+        EsError::Build("the Elasticsearch credentials are not valid in a header".into())
+    })?;
+    v.set_sensitive(true);
+    Ok(Some(v))
+}
+
 impl EsExporter {
     /// Builds the client from the checked config (no network I/O).
     pub fn new(cfg: &Config, es: &ElasticsearchSettings) -> Result<Self, EsError> {
@@ -99,8 +127,25 @@ impl EsExporter {
             }
             TransportBuilder::new(MultiNodeConnectionPool::round_robin(urls, None))
         };
-        if let Some(c) = creds {
-            builder = builder.auth(c);
+        match (&es.client_cert_file, &es.client_key_file) {
+            (Some(cert), Some(key)) => {
+                // The client takes one `auth`: the certificate goes there and
+                // the API key or password as a (sensitive) default header.
+                let mut pem = read_file(cert)?;
+                pem.push(b'\n');
+                pem.extend(read_file(key)?);
+                builder = builder.auth(ClientCertificate::Pem(pem).into());
+                if let Some(value) = auth_header(&cfg.es_credentials)? {
+                    let mut headers = elasticsearch::http::headers::HeaderMap::new();
+                    headers.insert(elasticsearch::http::headers::AUTHORIZATION, value);
+                    builder = builder.headers(headers);
+                }
+            }
+            _ => {
+                if let Some(c) = creds {
+                    builder = builder.auth(c);
+                }
+            }
         }
         if let Some(ca) = &es.ca_file {
             let pem = std::fs::read(ca).map_err(|source| EsError::Ca {

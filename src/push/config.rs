@@ -17,6 +17,10 @@ pub struct PushSettings {
     pub token_file: Option<PathBuf>,
     /// CA certificate (PEM) that signed the aggregator's certificate, for `https` URLs.
     pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for an aggregator that requires mTLS, with `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
     /// Name this sidecar reports in heartbeats (default: `<environment>` or `<environment>/<cluster>`).
     pub sidecar_id: Option<String>,
     /// Events held while the aggregator is unreachable; past it the oldest are dropped and counted.
@@ -42,6 +46,8 @@ impl Default for PushSettings {
             url: None,
             token_file: None,
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             sidecar_id: None,
             buffer_events: 10_000,
             batch_events: 500,
@@ -80,6 +86,28 @@ pub(crate) fn validate(p: &PushSettings) -> Result<Option<Secret>, ConfigError> 
                 "push.ca_file",
                 format!("{} is not a file", ca.display()),
             ));
+        }
+    }
+    match (&p.client_cert_file, &p.client_key_file) {
+        (Some(c), Some(k)) => {
+            if parsed.scheme() != "https" {
+                return Err(invalid(
+                    "push.client_cert_file",
+                    "only used with an https push.url",
+                ));
+            }
+            for (key, f) in [("push.client_cert_file", c), ("push.client_key_file", k)] {
+                if !f.is_file() {
+                    return Err(invalid(key, format!("{} is not a file", f.display())));
+                }
+            }
+        }
+        (None, None) => {}
+        _ => {
+            return Err(invalid(
+                "push",
+                "give both client_cert_file and client_key_file, or neither",
+            ))
         }
     }
     if p.buffer_events == 0 || p.batch_events == 0 {

@@ -125,7 +125,9 @@ pub enum PushError {
         url: String,
         source: tonic::transport::Error,
     },
-    #[error("cannot read push.ca_file {path}: {source}")]
+    #[error(
+        "cannot read push TLS file (ca_file, client_cert_file or client_key_file) {path}: {source}"
+    )]
     Ca {
         path: String,
         source: std::io::Error,
@@ -333,6 +335,21 @@ pub fn start(
                 ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
             }
             None => ClientTlsConfig::new().with_webpki_roots(),
+        };
+        let tls = match (&s.client_cert_file, &s.client_key_file) {
+            (Some(cert), Some(key)) => {
+                let read = |path: &std::path::PathBuf| {
+                    std::fs::read(path).map_err(|source| PushError::Ca {
+                        path: path.display().to_string(),
+                        source,
+                    })
+                };
+                tls.identity(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ))
+            }
+            _ => tls,
         };
         endpoint = endpoint.tls_config(tls).map_err(|source| PushError::Url {
             url: url.clone(),

@@ -151,6 +151,33 @@ pub async fn serve(
     max_message_bytes: usize,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with(
+        listener,
+        receiver,
+        max_message_bytes,
+        Security::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// TLS and bearer-token auth of a receiver (both optional).
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Serve TLS (mTLS when its settings name a client CA).
+    pub tls: Option<Arc<crate::tls::TlsSource>>,
+    /// Refuse calls without an accepted bearer token (UNAUTHENTICATED).
+    pub auth: Option<super::auth::ReceiverAuth>,
+}
+
+/// [`serve`] with TLS and/or auth.
+pub async fn serve_with(
+    listener: TcpListener,
+    receiver: GrpcReceiver,
+    max_message_bytes: usize,
+    security: Security,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let traces = TraceServiceServer::new(receiver.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
@@ -163,11 +190,30 @@ pub async fn serve(
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message_bytes);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
+        .layer(super::auth::grpc_layer(security.auth))
         .add_service(traces)
         .add_service(metrics)
-        .add_service(logs)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_service(logs);
+    match security.tls {
+        None => {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Some(src) => match crate::tls::TlsListener::new(listener, src) {
+            Ok(l) => {
+                router
+                    .serve_with_incoming_shutdown(l.into_incoming(), shutdown)
+                    .await
+            }
+            // Only if the socket has no local address, which a bound one has.
+            Err(e) => {
+                tracing::error!(error = %e, "otlp/grpc receiver cannot serve tls");
+                Ok(())
+            }
+        },
+    }
 }

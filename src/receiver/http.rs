@@ -25,6 +25,7 @@ use prost::Message;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use super::auth::ReceiverAuth;
 use super::decode::{decode, decompress, format_of, DecodeError, Format};
 use super::{partial, RETRY_AFTER};
 use crate::pipeline::validate::{self, Checked};
@@ -55,14 +56,27 @@ struct AppState {
     pipeline: Arc<Pipeline>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    auth: Option<ReceiverAuth>,
 }
 
 /// The OTLP/HTTP router.
 pub fn router(pipeline: Arc<Pipeline>, metrics: Arc<Metrics>, limits: Limits) -> Router {
+    router_with_auth(pipeline, metrics, limits, None)
+}
+
+/// The OTLP/HTTP router; with `auth`, requests without an accepted bearer
+/// token get 401 before their body is read.
+pub fn router_with_auth(
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    auth: Option<ReceiverAuth>,
+) -> Router {
     let state = AppState {
         pipeline,
         metrics,
         limits,
+        auth,
     };
     Router::new()
         .route("/v1/traces", post(traces))
@@ -87,6 +101,7 @@ fn error_response(status: StatusCode, format: Format, message: String, retry: bo
     let code = match status {
         StatusCode::TOO_MANY_REQUESTS => 8,
         StatusCode::SERVICE_UNAVAILABLE => 14,
+        StatusCode::UNAUTHORIZED => 16,
         _ => 3,
     };
     let st = RpcStatus { code, message };
@@ -220,6 +235,21 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
             );
         }
     };
+    if let Some(auth) = &state.auth {
+        if let Err(f) = auth.check_request(&headers, T::SIGNAL) {
+            let mut resp = error_response(
+                StatusCode::UNAUTHORIZED,
+                format,
+                f.message().to_string(),
+                false,
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"otlp\""),
+            );
+            return resp;
+        }
+    }
     let limits = state.limits;
     let fail = |e: DecodeError| {
         let (status, reason) = decode_status(&e);

@@ -2,6 +2,7 @@
 //! collector's ports and paths. Both bind first, then serve until a
 //! shutdown future resolves.
 
+pub mod auth;
 pub mod decode;
 pub mod grpc;
 pub mod http;
