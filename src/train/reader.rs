@@ -167,30 +167,6 @@ fn error_type_and_reason(body: &[u8]) -> (String, String) {
     (ty, reason)
 }
 
-/// Fields each signal needs (`_source` filtering keeps pages small).
-fn source_fields(signal: Signal) -> serde_json::Value {
-    match signal {
-        Signal::traces => json!([
-            "@timestamp",
-            "name",
-            "kind",
-            "duration",
-            "status.code",
-            "trace_id",
-            "resource"
-        ]),
-        Signal::metrics => json!([
-            "@timestamp",
-            "start_timestamp",
-            "metric",
-            "metrics",
-            "attributes",
-            "resource"
-        ]),
-        Signal::logs => json!(["@timestamp", "severity_number", "resource"]),
-    }
-}
-
 /// Documents of one signal, read page by page in time order.
 #[derive(Debug)]
 pub struct SignalReader {
@@ -335,9 +311,11 @@ impl SignalReader {
     }
 
     fn body(&self) -> serde_json::Value {
+        // No `_source` filtering: some servers rebuild filtered sources with
+        // dotted keys ("service.name") split into objects, which would change
+        // the re-encoded resource and so the series keys.
         let mut body = json!({
             "size": self.page_size,
-            "_source": source_fields(self.signal),
             "sort": [{"@timestamp": {"order": "asc", "numeric_type": "date_nanos"}}],
             "query": {"range": {"@timestamp": {
                 "gte": self.from_ns / 1_000_000,
