@@ -126,8 +126,10 @@ fn span_at(i: u64, start: u64, dur_ms: f64, name: &str, error: bool) -> Span {
 }
 
 fn processor(env: &str) -> Processor {
-    let mut settings = config::Settings::default();
-    settings.environment = env.into();
+    let settings = config::Settings {
+        environment: env.into(),
+        ..Default::default()
+    };
     Processor::new(
         &settings,
         DATASET,
@@ -155,9 +157,9 @@ fn seed(h: &History) -> Seeded {
         let mut error = false;
         if in_incident(t) {
             ms *= INCIDENT_FACTOR;
-            error = i % 5 == 0;
+            error = i.is_multiple_of(5);
         }
-        let name = if i % 50 == 0 { h.own_span } else { "GET /cart" };
+        let name = if i.is_multiple_of(50) { h.own_span } else { "GET /cart" };
         spans.push(span_at(i, t, ms, name, error));
         times.push(t);
         i += 1;
@@ -221,7 +223,7 @@ fn seed(h: &History) -> Seeded {
     while t < h.end_ns {
         logs.push(LogRecord {
             time_unix_nano: t,
-            severity_number: if i % 7 == 0 { 17 } else { 9 },
+            severity_number: if i.is_multiple_of(7) { 17 } else { 9 },
             body: Some(AnyValue {
                 value: Some(any_value::Value::StringValue(format!("line {i}"))),
             }),

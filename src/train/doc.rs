@@ -261,7 +261,7 @@ impl SpanRec {
 
 fn unhex(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Vec::new();
     }
     let nib = |c: u8| match c {
