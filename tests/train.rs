@@ -159,7 +159,11 @@ fn seed(h: &History) -> Seeded {
             ms *= INCIDENT_FACTOR;
             error = i.is_multiple_of(5);
         }
-        let name = if i.is_multiple_of(50) { h.own_span } else { "GET /cart" };
+        let name = if i.is_multiple_of(50) {
+            h.own_span
+        } else {
+            "GET /cart"
+        };
         spans.push(span_at(i, t, ms, name, error));
         times.push(t);
         i += 1;
