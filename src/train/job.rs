@@ -332,3 +332,82 @@ pub async fn push_events(
 pub fn time_of(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::io::Write;
+
+    fn resolve(yaml: &str) -> Result<Config, crate::config::ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().expect("tempfile");
+        f.write_all(yaml.as_bytes()).expect("write");
+        crate::config::resolve(Some(f.path()), &BTreeMap::new(), &Default::default())
+    }
+
+    #[test]
+    fn each_environment_gets_its_target_and_the_central_one_stays_the_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("eu.key");
+        std::fs::write(&key, "ZXU6a2V5\n").expect("key");
+        let cfg = resolve(&format!(
+            "environment: prod\nexport:\n  elasticsearch:\n    urls: [\"http://central:9200\"]\n  elasticsearch_targets:\n    prod:\n      cloud_id: \"prod:ZXUtd2VzdC0xLmF3cy5mb3VuZC5pbyRhYmMkZGVm\"\n      api_key_file: {}\n    staging.eu:\n      urls: [\"https://staging-eu:9200\"]\n",
+            key.display()
+        ))
+        .expect("valid");
+        // The sidecar of prod writes to its own entry.
+        let es = cfg.settings.export.elasticsearch.as_ref().expect("es");
+        assert!(es.cloud_id.is_some());
+        assert!(matches!(cfg.es_credentials, Some(EsCredentials::ApiKey(_))));
+        // train reads each environment from its entry, others from the central cluster.
+        let (t, hint) = resolve_target(&cfg, "staging.eu", &TargetOverrides::default()).expect("t");
+        assert_eq!(t.settings.urls, vec!["https://staging-eu:9200".to_string()]);
+        assert_eq!(hint, "export.elasticsearch_targets.staging.eu.api_key_file");
+        let (t, hint) = resolve_target(&cfg, "dev", &TargetOverrides::default()).expect("t");
+        assert_eq!(t.settings.urls, vec!["http://central:9200".to_string()]);
+        assert_eq!(hint, "export.elasticsearch.api_key_file");
+        // A flag replaces the address, the key file stays.
+        let o = TargetOverrides {
+            url: Some("http://127.0.0.1:9200".into()),
+            ..Default::default()
+        };
+        let (t, _) = resolve_target(&cfg, "prod", &o).expect("t");
+        assert_eq!(t.settings.urls, vec!["http://127.0.0.1:9200".to_string()]);
+        assert!(t.settings.cloud_id.is_none() && t.credentials.is_some());
+    }
+
+    #[test]
+    fn bad_target_entries_name_the_key() {
+        for (yaml, key) in [
+            (
+                "export:\n  elasticsearch_targets:\n    Prod-1:\n      urls: [\"http://x:9200\"]\n",
+                "export.elasticsearch_targets",
+            ),
+            (
+                "export:\n  elasticsearch_targets:\n    prod:\n      urls: [\"ftp://x\"]\n",
+                "export.elasticsearch_targets.prod.urls",
+            ),
+            (
+                "export:\n  elasticsearch_targets:\n    prod:\n      urls: [\"http://x:9200\"]\n      api_key_file: /nonexistent/key\n",
+                "export.elasticsearch_targets.prod.api_key_file",
+            ),
+            (
+                "export:\n  elasticsearch_targets:\n    prod:\n      urls: []\n",
+                "export.elasticsearch_targets.prod.urls",
+            ),
+            ("train:\n  page_size: 0\n", "train.page_size"),
+        ] {
+            let e = resolve(yaml).expect_err(yaml).to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
+        // No target at all: train says how to give one.
+        let cfg = resolve("environment: prod\n").expect("valid");
+        let e = resolve_target(&cfg, "prod", &TargetOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--es") && e.contains("export.elasticsearch_targets.prod"),
+            "{e}"
+        );
+    }
+}
