@@ -756,18 +756,43 @@ async fn empty_missing_and_badly_mapped_indices_are_clear_errors() {
     assert!(err.contains("--api-key-file"), "{err}");
 }
 
-#[test]
-fn model_of_an_unknown_format_version_is_refused() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_of_an_older_or_newer_format_version_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = processor("prod");
-    let mut bytes = p.detectors().snapshot("prod", 0);
-    bytes[8] = 9;
-    let path: PathBuf = dir.path().join("old.snap");
-    std::fs::write(&path, &bytes).expect("write");
+    let good = processor("prod").detectors().snapshot("prod", 0);
+    for version in [0u8, 9] {
+        let mut bytes = good.clone();
+        bytes[8] = version;
+        let path: PathBuf = dir.path().join(format!("v{version}.snap"));
+        std::fs::write(&path, &bytes).expect("write");
+        // backfill --model
+        let d = otel_anomaly::pipeline::process::Detectors::new(&config::Settings::default());
+        let err = job::load_model(&d, &path, "prod").unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("version {version} is not supported")) && err.contains("retrain"),
+            "{err}"
+        );
+        // sidecar --model: start-up stops with the reason, naming the option.
+        let sdir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = base_config(sdir.path());
+        cfg.settings.environment = "prod".into();
+        cfg.settings.detect.model = Some(path.clone());
+        let err =
+            match otel_anomaly::sidecar::start(cfg, tokio_util::sync::CancellationToken::new())
+                .await
+            {
+                Ok(_) => panic!("a model of format version {version} must be refused"),
+                Err(e) => e.to_string(),
+            };
+        assert!(
+            err.contains(&format!("version {version} is not supported"))
+                && err.contains("detect.model / --model"),
+            "{err}"
+        );
+    }
+    // The current version loads.
+    let path = dir.path().join("ok.snap");
+    std::fs::write(&path, &good).expect("write");
     let d = otel_anomaly::pipeline::process::Detectors::new(&config::Settings::default());
-    let err = job::load_model(&d, &path, "prod").unwrap_err().to_string();
-    assert!(
-        err.contains("version 9 is not supported") && err.contains("retrain"),
-        "{err}"
-    );
+    job::load_model(&d, &path, "prod").expect("current version loads");
 }
