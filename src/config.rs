@@ -79,6 +79,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// Anomaly events to the aggregator (off by default).
     pub push: crate::push::config::PushSettings,
+    /// `train` and `backfill`: learning from history in Elasticsearch.
+    pub train: crate::train::settings::TrainSettings,
 }
 
 impl Default for Settings {
@@ -95,6 +97,7 @@ impl Default for Settings {
             export: ExportSettings::default(),
             log: LogSettings::default(),
             push: Default::default(),
+            train: Default::default(),
         }
     }
 }
@@ -205,6 +208,9 @@ pub struct DetectSettings {
     pub metrics: MetricDetectSettings,
     pub logs: LogDetectSettings,
     pub snapshot: SnapshotSettings,
+    /// A model written by `otel-anomaly train`, to start from (merged under
+    /// the sidecar's own restored snapshot: see docs/train.md).
+    pub model: Option<PathBuf>,
 }
 
 /// Detector state saved to disk and restored at start.
@@ -306,6 +312,10 @@ impl Default for LogDetectSettings {
 pub struct ExportSettings {
     /// Elasticsearch; when absent, documents go to NDJSON files (`file`).
     pub elasticsearch: Option<ElasticsearchSettings>,
+    /// One Elasticsearch target per environment (environment → target), for
+    /// a cluster per environment or region; an environment listed here uses
+    /// its entry instead of `elasticsearch`, in the sidecar and in `train`.
+    pub elasticsearch_targets: BTreeMap<String, ElasticsearchSettings>,
     pub file: FileSettings,
     /// Documents Elasticsearch rejected for good, with the reason (default: `<data_dir>/dead-letter.ndjson`).
     pub dead_letter_path: Option<PathBuf>,
@@ -512,6 +522,28 @@ pub struct Config {
     pub push_token: Option<Secret>,
     /// Tokens OTLP senders must present (`receiver.auth`); empty: no auth.
     pub receiver_tokens: Vec<Secret>,
+    /// `export.elasticsearch` as configured, before an
+    /// `export.elasticsearch_targets` entry for this environment replaced it.
+    pub es_default: Option<EsTarget>,
+    /// `export.elasticsearch_targets`, checked, with their credentials.
+    pub es_targets: BTreeMap<String, EsTarget>,
+}
+
+/// One checked Elasticsearch target and its credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EsTarget {
+    pub settings: ElasticsearchSettings,
+    pub credentials: Option<EsCredentials>,
+}
+
+impl Config {
+    /// The Elasticsearch target of `environment`: its
+    /// `export.elasticsearch_targets` entry, else `export.elasticsearch`.
+    pub fn es_target(&self, environment: &str) -> Option<&EsTarget> {
+        self.es_targets
+            .get(environment)
+            .or(self.es_default.as_ref())
+    }
 }
 
 impl Config {
@@ -728,77 +760,40 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
         ));
     }
     let mut es_credentials = None;
+    let mut es_default = None;
     if let Some(es) = &s.export.elasticsearch {
-        if es.urls.is_empty() && es.cloud_id.is_none() {
-            return Err(invalid(
-                "export.elasticsearch.urls",
-                "give at least one URL or a cloud_id",
-            ));
-        }
-        for u in &es.urls {
-            let parsed = url::Url::parse(u)
-                .map_err(|e| invalid("export.elasticsearch.urls", format!("{u:?}: {e}")))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(invalid(
-                    "export.elasticsearch.urls",
-                    format!("{u:?}: scheme must be http or https"),
-                ));
-            }
-        }
-        if es.dataset.is_empty()
-            || es.dataset.contains('-')
-            || es.dataset.to_lowercase() != es.dataset
-        {
-            return Err(invalid(
-                "export.elasticsearch.dataset",
-                "must be non-empty, lowercase, without '-'",
-            ));
-        }
-        let b = &es.bulk;
-        if b.max_docs == 0 || b.max_bytes == 0 || b.max_in_flight == 0 {
-            return Err(invalid(
-                "export.elasticsearch.bulk",
-                "max_docs, max_bytes and max_in_flight must be greater than 0",
-            ));
-        }
-        if let Some(ca) = &es.ca_file {
-            if !ca.is_file() {
-                return Err(invalid(
-                    "export.elasticsearch.ca_file",
-                    format!("{} is not a file", ca.display()),
-                ));
-            }
-        }
-        es_credentials = match (&es.api_key_file, &es.username, &es.password_file) {
-            (Some(_), Some(_), _) => {
-                return Err(invalid(
-                    "export.elasticsearch",
-                    "give either api_key_file or username/password_file, not both",
-                ))
-            }
-            (Some(path), None, _) => Some(EsCredentials::ApiKey(read_secret(
-                "export.elasticsearch.api_key_file",
-                path,
-            )?)),
-            (None, Some(user), Some(path)) => Some(EsCredentials::Basic {
-                username: user.clone(),
-                password: read_secret("export.elasticsearch.password_file", path)?,
-            }),
-            (None, Some(_), None) => {
-                return Err(invalid(
-                    "export.elasticsearch.password_file",
-                    "required with username",
-                ))
-            }
-            (None, None, Some(_)) => {
-                return Err(invalid(
-                    "export.elasticsearch.username",
-                    "required with password_file",
-                ))
-            }
-            (None, None, None) => None,
-        };
+        es_credentials = validate_es(es, "export.elasticsearch")?;
+        es_default = Some(EsTarget {
+            settings: es.clone(),
+            credentials: es_credentials.clone(),
+        });
     }
+    let mut es_targets = BTreeMap::new();
+    for (env, es) in &s.export.elasticsearch_targets {
+        if !valid_environment(env) {
+            return Err(invalid(
+                "export.elasticsearch_targets",
+                format!(
+                    "{env:?} is not an environment name (lowercase letters, digits, '_' or '.')"
+                ),
+            ));
+        }
+        let credentials = validate_es(es, &format!("export.elasticsearch_targets.{env}"))?;
+        es_targets.insert(
+            env.clone(),
+            EsTarget {
+                settings: es.clone(),
+                credentials,
+            },
+        );
+    }
+    let mut settings = settings;
+    // The sidecar writes to its own environment's entry when there is one.
+    if let Some(t) = es_targets.get(&settings.environment) {
+        settings.export.elasticsearch = Some(t.settings.clone());
+        es_credentials = t.credentials.clone();
+    }
+    let s = &settings;
     if s.export.file.max_file_bytes == 0 {
         return Err(invalid(
             "export.file.max_file_bytes",
@@ -807,12 +802,15 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
     }
     let push_token = crate::push::config::validate(&s.push)?;
     let receiver_tokens = validate_security(s)?;
+    crate::train::settings::validate(&s.train)?;
     Ok(Config {
         settings,
         es_credentials,
         source,
         push_token,
         receiver_tokens,
+        es_default,
+        es_targets,
     })
 }
 
@@ -862,6 +860,88 @@ fn validate_security(s: &Settings) -> Result<Vec<Secret>, ConfigError> {
         .enumerate()
         .map(|(i, p)| read_secret(&format!("receiver.auth.token_files[{i}]"), p))
         .collect()
+}
+
+fn valid_environment(env: &str) -> bool {
+    !env.is_empty()
+        && env
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+}
+
+/// Checks one Elasticsearch target; errors name keys under `prefix`.
+fn validate_es(
+    es: &ElasticsearchSettings,
+    prefix: &str,
+) -> Result<Option<EsCredentials>, ConfigError> {
+    if es.urls.is_empty() && es.cloud_id.is_none() {
+        return Err(invalid(
+            &format!("{prefix}.urls"),
+            "give at least one URL or a cloud_id",
+        ));
+    }
+    for u in &es.urls {
+        let parsed = url::Url::parse(u)
+            .map_err(|e| invalid(&format!("{prefix}.urls"), format!("{u:?}: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(invalid(
+                &format!("{prefix}.urls"),
+                format!("{u:?}: scheme must be http or https"),
+            ));
+        }
+    }
+    if es.dataset.is_empty() || es.dataset.contains('-') || es.dataset.to_lowercase() != es.dataset
+    {
+        return Err(invalid(
+            &format!("{prefix}.dataset"),
+            "must be non-empty, lowercase, without '-'",
+        ));
+    }
+    let b = &es.bulk;
+    if b.max_docs == 0 || b.max_bytes == 0 || b.max_in_flight == 0 {
+        return Err(invalid(
+            &format!("{prefix}.bulk"),
+            "max_docs, max_bytes and max_in_flight must be greater than 0",
+        ));
+    }
+    if let Some(ca) = &es.ca_file {
+        if !ca.is_file() {
+            return Err(invalid(
+                &format!("{prefix}.ca_file"),
+                format!("{} is not a file", ca.display()),
+            ));
+        }
+    }
+    let credentials = match (&es.api_key_file, &es.username, &es.password_file) {
+        (Some(_), Some(_), _) => {
+            return Err(invalid(
+                prefix,
+                "give either api_key_file or username/password_file, not both",
+            ))
+        }
+        (Some(path), None, _) => Some(EsCredentials::ApiKey(read_secret(
+            &format!("{prefix}.api_key_file"),
+            path,
+        )?)),
+        (None, Some(user), Some(path)) => Some(EsCredentials::Basic {
+            username: user.clone(),
+            password: read_secret(&format!("{prefix}.password_file"), path)?,
+        }),
+        (None, Some(_), None) => {
+            return Err(invalid(
+                &format!("{prefix}.password_file"),
+                "required with username",
+            ))
+        }
+        (None, None, Some(_)) => {
+            return Err(invalid(
+                &format!("{prefix}.username"),
+                "required with password_file",
+            ))
+        }
+        (None, None, None) => None,
+    };
+    Ok(credentials)
 }
 
 #[cfg(test)]

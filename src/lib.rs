@@ -21,3 +21,4 @@ pub mod replay_otlp;
 pub mod sidecar;
 pub mod telemetry;
 pub mod tls;
+pub mod train;

@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use otel_anomaly::config::{self, Config, FlagOverrides};
 use tokio_util::sync::CancellationToken;
 
+mod train_cli;
+
 /// Streaming anomaly detection for OpenTelemetry data.
 #[derive(Debug, Parser)]
 #[command(name = "otel-anomaly", version, about, long_about = None)]
@@ -26,9 +28,18 @@ enum Command {
         /// Configuration file (YAML); every key can also be set by OTEL_ANOMALY_<PATH> variables.
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Start from a model written by `otel-anomaly train` (config: detect.model).
+        #[arg(long)]
+        model: Option<PathBuf>,
         #[command(flatten)]
         flags: CommonFlags,
     },
+    /// Learn from history: read an environment's documents from Elasticsearch
+    /// (read-only key) and write a model snapshot for `sidecar --model`.
+    Train(train_cli::TrainArgs),
+    /// Score a past time range from Elasticsearch and push the anomaly
+    /// events to the aggregator, marked as backfilled.
+    Backfill(train_cli::BackfillArgs),
     /// Check a configuration file (with the environment's overrides) and print the resolved settings.
     CheckConfig {
         /// Configuration file (YAML).
@@ -430,8 +441,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Sidecar { config, flags } => {
-            let cfg = match config::resolve(config.as_deref(), &env, &flags.overrides()) {
+        Command::Sidecar {
+            config,
+            model,
+            flags,
+        } => {
+            let mut overrides = flags.overrides();
+            overrides.set("detect.model", model.as_ref().map(|p| p.display()));
+            let cfg = match config::resolve(config.as_deref(), &env, &overrides) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -504,6 +521,8 @@ fn main() -> ExitCode {
             };
         }
         Command::BenchSink(args) => runtime().and_then(|rt| rt.block_on(run_bench_sink(args))),
+        Command::Train(args) => return train_cli::train(args, &env),
+        Command::Backfill(args) => return train_cli::backfill(args, &env),
         Command::Faultbench {
             keys,
             duration,

@@ -48,6 +48,8 @@ pub enum StartError {
     Push(#[from] crate::push::PushError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("model {path} (detect.model / --model): {reason}")]
+    Model { path: String, reason: String },
 }
 
 /// Batches that may wait for a scoring worker (records are capped separately by admission).
@@ -187,6 +189,26 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     // Scoring workers.
     let processor = Arc::new(Processor::new(&s, &dataset, metrics.clone(), feed.clone()));
     let snapshot_path = s.detect.snapshot.enabled.then(|| cfg.snapshot_path());
+    // A trained model first: the sidecar's own snapshot, restored next,
+    // replaces it key by key (it continues the live stream, so it is newer).
+    if let Some(model) = &s.detect.model {
+        let model_err = |reason: String| StartError::Model {
+            path: model.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(model).map_err(|e| model_err(e.to_string()))?;
+        let (keys, series, services) = processor
+            .detectors()
+            .restore(&bytes, &s.environment)
+            .map_err(|e| model_err(e.to_string()))?;
+        tracing::info!(
+            path = %model.display(),
+            span_keys = keys,
+            metric_series = series,
+            log_services = services,
+            "trained model loaded"
+        );
+    }
     if let Some(path) = &snapshot_path {
         match snapshot::restore(&processor, &s.environment, path) {
             Ok(Restored::Missing) => {

@@ -150,6 +150,8 @@ const MIGRATIONS: &[&str] = &[
         created_ns INTEGER NOT NULL
      );
      CREATE INDEX silences_ends ON silences(ends_ns);",
+    // Events found by `otel-anomaly backfill` (past data): listed, never incidents.
+    "ALTER TABLE events ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Grouping and retention rules, in nanoseconds.
@@ -252,6 +254,8 @@ pub struct Event {
     pub exemplar_trace_ids: Vec<String>,
     pub sidecar_id: String,
     pub incident_id: Option<i64>,
+    /// Found by `otel-anomaly backfill` in past data (never part of an incident).
+    pub backfilled: bool,
 }
 
 /// An incident with its member events (oldest first): its timeline.
@@ -372,7 +376,7 @@ pub struct Store {
 }
 
 const INCIDENT_COLUMNS: &str = "id, environment, open, persistent, start_ns, end_ns, resolved_ns, max_score, sum_score, severity, event_count, muted_events, top_event_id, top_service, top_signal, top_key, explanation";
-const EVENT_COLUMNS: &str = "event_id, environment, cluster, service, signal, key, start_ns, end_ns, score, severity, explanation, baseline, observed, unit, exemplars, sidecar, incident_id";
+const EVENT_COLUMNS: &str = "event_id, environment, cluster, service, signal, key, start_ns, end_ns, score, severity, explanation, baseline, observed, unit, exemplars, sidecar, incident_id, backfilled";
 
 fn ms(v: i64) -> i64 {
     v / 1_000_000
@@ -425,6 +429,7 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         exemplar_trace_ids: serde_json::from_str(&exemplars).unwrap_or_default(),
         sidecar_id: r.get(15)?,
         incident_id: r.get(16)?,
+        backfilled: r.get(17)?,
     })
 }
 
@@ -500,12 +505,13 @@ impl Store {
             for ev in order {
                 let exemplars = serde_json::to_string(&ev.exemplar_trace_ids).unwrap_or_else(|_| "[]".into());
                 let inserted = tx.execute(
-                    "INSERT OR IGNORE INTO events (event_id, environment, cluster, service, signal, key, start_ns, end_ns, score, severity, explanation, baseline, observed, unit, exemplars, sidecar, received_ns)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                    "INSERT OR IGNORE INTO events (event_id, environment, cluster, service, signal, key, start_ns, end_ns, score, severity, explanation, baseline, observed, unit, exemplars, sidecar, received_ns, backfilled)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                     params![
                         ev.event_id, ev.environment, ev.cluster, ev.service, ev.signal, ev.key,
                         to_i64(ev.start_unix_nano), to_i64(ev.end_unix_nano), ev.score, severity_of_event(ev),
-                        ev.explanation, ev.baseline, ev.observed, ev.unit, exemplars, sidecar, now
+                        ev.explanation, ev.baseline, ev.observed, ev.unit, exemplars, sidecar, now,
+                        ev.backfilled
                     ],
                 )?;
                 if inserted == 0 {
@@ -513,6 +519,10 @@ impl Store {
                     continue;
                 }
                 out.accepted += 1;
+                if ev.backfilled {
+                    // What the detector would have said about the past: no incident, no alert now.
+                    continue;
+                }
                 let id = group(&tx, ev, rules, now, &mut out)?;
                 tx.execute(
                     "UPDATE events SET incident_id = ?1 WHERE environment = ?2 AND event_id = ?3",

@@ -79,7 +79,8 @@ impl Detectors {
         }
     }
 
-    fn span(&self, obs: &SpanObs<'_>, events: &mut Vec<AnomalyEvent>) -> Verdict {
+    /// Scores one span (and learns from it); interval events it closed go to `events`.
+    pub fn span(&self, obs: &SpanObs<'_>, events: &mut Vec<AnomalyEvent>) -> Verdict {
         let key = obs.key();
         let shard = &self.spans[(key % SHARDS as u64) as usize];
         // A poisoned shard means a detector panicked: a bug. Keep serving with its state.
@@ -164,6 +165,15 @@ impl Detectors {
         Ok(counts)
     }
 
+    /// Marks every span key as continuing after a gap (a restart, or a
+    /// stretch of history left out of training): the gap is neither decayed
+    /// nor judged as empty intervals.
+    pub fn resume(&self) {
+        for shard in &self.spans {
+            shard.lock().unwrap_or_else(|p| p.into_inner()).resume();
+        }
+    }
+
     /// Span keys evicted for being idle.
     pub fn evicted_span_keys(&self) -> u64 {
         self.spans
@@ -172,13 +182,15 @@ impl Detectors {
             .sum()
     }
 
-    fn point(&self, key: KeyHash, time_ns: u64, v: PointValue) -> Option<Verdict> {
+    /// Scores one metric point of series `key` (and learns from it).
+    pub fn point(&self, key: KeyHash, time_ns: u64, v: PointValue) -> Option<Verdict> {
         let shard = &self.metrics[(key % SHARDS as u64) as usize];
         let mut d = shard.lock().unwrap_or_else(|p| p.into_inner());
         d.observe(key, time_ns, v)
     }
 
-    fn log(&self, service: &str, time_ns: u64, severity: i32) -> Verdict {
+    /// Scores one log record of `service` (and learns from it).
+    pub fn log(&self, service: &str, time_ns: u64, severity: i32) -> Verdict {
         let mut d = self.logs.lock().unwrap_or_else(|p| p.into_inner());
         d.observe(service, time_ns, severity)
     }

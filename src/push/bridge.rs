@@ -179,5 +179,6 @@ pub fn span_event(
             .iter()
             .map(|t| t.iter().map(|b| format!("{b:02x}")).collect())
             .collect(),
+        backfilled: false,
     })
 }

@@ -145,6 +145,7 @@ pub fn event(id: &str, env: &str, service: &str, key: &str, score: f64) -> Anoma
         observed: 870.0,
         unit: "ms".into(),
         exemplar_trace_ids: vec!["4bf92f3577b34da6a3ce929d0e0e4736".into()],
+        backfilled: false,
     }
 }
 
