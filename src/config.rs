@@ -79,6 +79,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// Anomaly events to the aggregator (off by default).
     pub push: crate::push::config::PushSettings,
+    /// The disk write-ahead queue (on by default).
+    pub wal: crate::wal::WalSettings,
 }
 
 impl Default for Settings {
@@ -95,6 +97,7 @@ impl Default for Settings {
             export: ExportSettings::default(),
             log: LogSettings::default(),
             push: Default::default(),
+            wal: Default::default(),
         }
     }
 }
@@ -503,6 +506,15 @@ impl Config {
             .unwrap_or_else(|| self.settings.data_dir.join("detectors.snap"))
     }
 
+    /// WAL segment directory.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.settings
+            .wal
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.settings.data_dir.join("wal"))
+    }
+
     /// Where dead letters go.
     pub fn dead_letter_path(&self) -> PathBuf {
         self.settings
@@ -666,6 +678,17 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
     }
     if !s.receiver.grpc.enabled && !s.receiver.http.enabled {
         return Err(invalid("receiver", "enable at least one of grpc and http"));
+    }
+    if s.wal.enabled {
+        s.wal
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        if s.wal.max_bytes < s.receiver.max_decompressed_bytes as u64 {
+            return Err(invalid(
+                "wal.max_bytes",
+                "must be at least receiver.max_decompressed_bytes (the largest request)",
+            ));
+        }
     }
     if s.pipeline.max_queued_records == 0 {
         return Err(invalid(

@@ -20,3 +20,4 @@ pub mod replay;
 pub mod replay_otlp;
 pub mod sidecar;
 pub mod telemetry;
+pub mod wal;

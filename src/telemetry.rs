@@ -81,6 +81,10 @@ pub enum RejectReason {
     malformed,
     invalid_record,
     unsupported_media_type,
+    /// The write-ahead queue is at `wal.max_bytes`.
+    wal_full,
+    /// The write-ahead queue could not write (disk full, I/O error).
+    storage_error,
 }
 
 /// Labels of rejected records.

@@ -23,6 +23,9 @@ pub struct Doc {
     pub source: Bytes,
     /// Retryable failures so far.
     pub attempts: u32,
+    /// Settled when this document is delivered or dead-lettered (its request
+    /// is in the write-ahead queue until then); `None` without the WAL.
+    pub delivery: Option<crate::wal::Delivery>,
 }
 
 impl Doc {
@@ -33,6 +36,7 @@ impl Doc {
             id,
             source: source.into(),
             attempts: 0,
+            delivery: None,
         }
     }
 }
