@@ -624,8 +624,21 @@ impl Wal {
     }
 
     /// Stops the fsync thread after a last fsync; later appends fail.
+    /// Segments whose requests are all delivered are deleted, the active one
+    /// too, so a clean restart replays only what was not delivered.
     pub fn close(&self) {
-        self.lock().closed = true;
+        let mut st = self.lock();
+        st.closed = true;
+        let done: Vec<u64> = st
+            .segments
+            .iter()
+            .filter(|(_, i)| i.outstanding == 0)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in done {
+            self.delete_segment(&mut st, seq);
+        }
+        drop(st);
         self.wake.notify_all();
     }
 
