@@ -651,7 +651,7 @@ impl Wal {
             if st.written_lsn == st.synced_lsn {
                 // Closed and nothing left to sync.
                 drop(st);
-                let _ = self.synced.send(u64::MAX);
+                self.synced.send_replace(u64::MAX);
                 return;
             }
             if self.policy == SyncPolicy::Interval && !st.closed {
@@ -693,7 +693,8 @@ impl Wal {
             }
             st.synced_lsn = lsn;
             drop(st);
-            let _ = self.synced.send(lsn);
+            // send_replace stores the value even when no one is waiting yet.
+            self.synced.send_replace(lsn);
         }
     }
 }
