@@ -80,7 +80,7 @@ pub struct Settings {
     /// Anomaly events to the aggregator (off by default).
     pub push: crate::push::config::PushSettings,
     /// The disk write-ahead queue (on by default).
-    pub wal: crate::wal::WalSettings,
+    pub wal: crate::export::wal::WalSettings,
 }
 
 impl Default for Settings {

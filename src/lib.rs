@@ -20,4 +20,3 @@ pub mod replay;
 pub mod replay_otlp;
 pub mod sidecar;
 pub mod telemetry;
-pub mod wal;

@@ -47,7 +47,7 @@ pub enum StartError {
     #[error(transparent)]
     Push(#[from] crate::push::PushError),
     #[error("write-ahead queue (wal.dir, or set wal.enabled: false): {0}")]
-    Wal(#[from] crate::wal::WalError),
+    Wal(#[from] crate::export::wal::WalError),
 }
 
 /// Batches that may wait for a scoring worker (records are capped separately by admission).
@@ -120,14 +120,14 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     let mut pipeline = Pipeline::new(admission.clone(), work_tx, metrics.clone());
     // The write-ahead queue: requests left by the last run are replayed first.
     let intake = if s.wal.enabled {
-        let wal_metrics = crate::wal::WalMetrics::default();
+        let wal_metrics = crate::export::wal::WalMetrics::default();
         wal_metrics.register(&mut registry);
         let dir = cfg.wal_dir();
-        let (wal, replay) = crate::wal::Wal::open(&dir, &s.wal, wal_metrics)?;
+        let (wal, replay) = crate::export::wal::Wal::open(&dir, &s.wal, wal_metrics)?;
         if !replay.is_empty() {
             tracing::info!(dir = %dir.display(), requests = replay.len(), "replaying the write-ahead queue");
         }
-        let intake = Arc::new(crate::wal::intake::Intake::new(wal, replay));
+        let intake = Arc::new(crate::export::wal::intake::Intake::new(wal, replay));
         pipeline = pipeline.with_wal(intake.clone());
         Some(intake)
     } else {

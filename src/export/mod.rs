@@ -1,4 +1,5 @@
 //! Outputs: Elasticsearch (bulk API), NDJSON files (the embedded default),
+//! the disk write-ahead queue in front of them,
 //! and the dead-letter file.
 
 pub mod bulk;
@@ -6,6 +7,7 @@ pub mod deadletter;
 pub mod document;
 pub mod elasticsearch;
 pub mod file;
+pub mod wal;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -25,7 +27,7 @@ pub struct Doc {
     pub attempts: u32,
     /// Settled when this document is delivered or dead-lettered (its request
     /// is in the write-ahead queue until then); `None` without the WAL.
-    pub delivery: Option<crate::wal::Delivery>,
+    pub delivery: Option<crate::export::wal::Delivery>,
 }
 
 impl Doc {

@@ -48,7 +48,7 @@ impl Payload {
 #[derive(Debug)]
 pub struct Work {
     pub payload: Payload,
-    pub delivery: Option<crate::wal::Delivery>,
+    pub delivery: Option<crate::export::wal::Delivery>,
 }
 
 impl From<Payload> for Work {
@@ -308,7 +308,7 @@ pub struct Pipeline {
     tx: RwLock<Option<flume::Sender<Work>>>,
     metrics: Arc<Metrics>,
     /// The write-ahead queue, when `wal.enabled`.
-    wal: Option<Arc<crate::wal::intake::Intake>>,
+    wal: Option<Arc<crate::export::wal::intake::Intake>>,
 }
 
 impl Pipeline {
@@ -323,7 +323,7 @@ impl Pipeline {
     }
 
     /// Puts the write-ahead queue in front of the work queue.
-    pub fn with_wal(mut self, intake: Arc<crate::wal::intake::Intake>) -> Self {
+    pub fn with_wal(mut self, intake: Arc<crate::export::wal::intake::Intake>) -> Self {
         self.wal = Some(intake);
         self
     }
