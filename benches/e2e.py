@@ -264,7 +264,7 @@ def measure(args, binary, rotel, workdir, sink, spec, target_cpus, load_cpus, es
     kind, protocol, signal_ = spec["kind"], spec["protocol"], spec["signal"]
     t = Target(kind, spec.get("binary", binary), rotel, workdir, target_cpus, sink, es_url=es_url,
                gzip=spec.get("gzip", True), workers=spec.get("workers", 0), max_queued=args.max_queued,
-               wal=args.wal)
+               wal=spec.get("wal", args.wal))
     es_mode = es_url is not None
     # The sink times bulk documents and OTLP spans (not OTLP metric points).
     timed = not es_mode and kind != "rotel-blackhole" and (kind == "sidecar" or signal_ == "traces")
@@ -342,6 +342,9 @@ def scenarios(args):
             out.append({"name": f"rotel otlp {tag}", "kind": "rotel-otlp", "protocol": proto, "signal": signal_})
             out.append({"name": f"rotel blackhole {tag}", "kind": "rotel-blackhole", "protocol": proto,
                         "signal": signal_})
+        if args.wal_compare:
+            out.append({"name": f"sidecar gzip wal-off {tag}", "kind": "sidecar", "protocol": proto,
+                        "signal": signal_, "gzip": True, "workers": 1, "wal": "off"})
         if args.before_binary:
             out.append({"name": f"sidecar(before) gzip {tag}", "kind": "sidecar", "protocol": proto,
                         "signal": signal_, "gzip": True, "workers": 1, "binary": args.before_binary,
@@ -448,6 +451,8 @@ def main():
                     help="sidecar pipeline.max_queued_records (default: the sidecar's own default)")
     ap.add_argument("--wal", choices=["on", "off"], default=None,
                     help="sidecar write-ahead queue (wal.enabled; default: the sidecar's own default)")
+    ap.add_argument("--wal-compare", action="store_true",
+                    help="also measure the sidecar with the write-ahead queue off (wal.enabled: false)")
     ap.add_argument("--only", default=None,
                     help="run only the targets whose name contains this text (e.g. traces/grpc)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
