@@ -204,7 +204,7 @@ impl ExportCtx {
                 }
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, path = %self.dead_letter.path().display(), docs = n, "writing the dead-letter file failed; these documents are lost")
+                tracing::error!(error = %e, path = %self.dead_letter.path().display(), docs = n, "writing the dead-letter file failed; these documents are lost unless the write-ahead queue replays them at the next start")
             }
             Err(e) => {
                 tracing::error!(error = %e, docs = n, "dead-letter task failed; these documents are lost")
