@@ -67,7 +67,9 @@ def test_overload_at_10x_saturation_stays_bounded_refuses_fast_and_recovers(work
     sink = Sink(workdir)
     sc = Restartable(workdir, {
         "environment": "overload",
-        "wal": {"max_bytes": 32 << 20, "segment_bytes": 4 << 20},
+        # A small queue, so that 8 s of overload fill it even on a loaded machine.
+        "receiver": {"max_request_bytes": 4 << 20, "max_decompressed_bytes": 4 << 20},
+        "wal": {"max_bytes": 8 << 20, "segment_bytes": 1 << 20},
         "export": {"elasticsearch": {"urls": [sink.url], "bulk": {"flush_interval": "100ms"}}},
     })
     try:
@@ -83,7 +85,7 @@ def test_overload_at_10x_saturation_stays_bounded_refuses_fast_and_recovers(work
         over = loadgen(sc.grpc_port, "--rate", str(int(10 * sat)), "--duration", "8s", "--concurrency", "32", "--timeout", "5s")
         peak = rss_peak_mib(sc.proc.pid)
         refused = sc.metric("otel_anomaly_rejected_records_total", reason="wal_full")
-        wal_bytes_max = 32 << 20
+        wal_bytes_max = 8 << 20
         assert over["requests_refused"] > 0, over
         assert refused > 0
         assert over["requests_failed"] == 0, over["error_samples"]

@@ -135,7 +135,8 @@ class Restartable:
         self.proc = subprocess.Popen(
             [str(BINARY), "sidecar", "--config", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "RUST_LOG": "info"},
+            # OTEL_ANOMALY_* variables are config overrides for the sidecar; the harness's own is not one.
+            env={**{k: v for k, v in os.environ.items() if k != "OTEL_ANOMALY_BIN"}, "RUST_LOG": "info"},
         )
         self.starts += 1
         wait_until(lambda: self._alive() and http("GET", self.admin + "/healthz", timeout=2)[0] == 200, timeout=30, what="sidecar /healthz")
