@@ -160,7 +160,7 @@ class Target:
     """A process under measurement: the sidecar or Rotel."""
 
     def __init__(self, kind, binary, rotel, workdir, cpus, sink, es_url=None, gzip=True, workers=0,
-                 max_queued=None):
+                 max_queued=None, wal=None):
         self.kind = kind
         self.grpc_port, self.http_port = free_port(), free_port()
         self.admin_port = free_port()
@@ -177,6 +177,7 @@ class Target:
                 "pipeline": dict({"workers": workers},
                                  **({"max_queued_records": max_queued} if max_queued else {})),
                 "log": {"level": "warn"},
+                **({"wal": {"enabled": wal == "on"}} if wal else {}),
                 "export": {"elasticsearch": {
                     "urls": [es_url or sink.url],
                     "bulk": {"compression": "gzip" if gzip else "none"},
@@ -262,7 +263,8 @@ def wait_delivered(target, es_mode, expected, timeout=60):
 def measure(args, binary, rotel, workdir, sink, spec, target_cpus, load_cpus, es_url):
     kind, protocol, signal_ = spec["kind"], spec["protocol"], spec["signal"]
     t = Target(kind, spec.get("binary", binary), rotel, workdir, target_cpus, sink, es_url=es_url,
-               gzip=spec.get("gzip", True), workers=spec.get("workers", 0), max_queued=args.max_queued)
+               gzip=spec.get("gzip", True), workers=spec.get("workers", 0), max_queued=args.max_queued,
+               wal=spec.get("wal", args.wal))
     es_mode = es_url is not None
     # The sink times bulk documents and OTLP spans (not OTLP metric points).
     timed = not es_mode and kind != "rotel-blackhole" and (kind == "sidecar" or signal_ == "traces")
@@ -340,6 +342,9 @@ def scenarios(args):
             out.append({"name": f"rotel otlp {tag}", "kind": "rotel-otlp", "protocol": proto, "signal": signal_})
             out.append({"name": f"rotel blackhole {tag}", "kind": "rotel-blackhole", "protocol": proto,
                         "signal": signal_})
+        if args.wal_compare:
+            out.append({"name": f"sidecar gzip wal-off {tag}", "kind": "sidecar", "protocol": proto,
+                        "signal": signal_, "gzip": True, "workers": 1, "wal": "off"})
         if args.before_binary:
             out.append({"name": f"sidecar(before) gzip {tag}", "kind": "sidecar", "protocol": proto,
                         "signal": signal_, "gzip": True, "workers": 1, "binary": args.before_binary,
@@ -444,6 +449,10 @@ def main():
                     help="also measure this sidecar binary (e.g. a build of the previous commit) in the same run")
     ap.add_argument("--max-queued", type=int, default=None,
                     help="sidecar pipeline.max_queued_records (default: the sidecar's own default)")
+    ap.add_argument("--wal", choices=["on", "off"], default=None,
+                    help="sidecar write-ahead queue (wal.enabled; default: the sidecar's own default)")
+    ap.add_argument("--wal-compare", action="store_true",
+                    help="also measure the sidecar with the write-ahead queue off (wal.enabled: false)")
     ap.add_argument("--only", default=None,
                     help="run only the targets whose name contains this text (e.g. traces/grpc)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")

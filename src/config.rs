@@ -81,6 +81,8 @@ pub struct Settings {
     pub push: crate::push::config::PushSettings,
     /// `train` and `backfill`: learning from history in Elasticsearch.
     pub train: crate::train::settings::TrainSettings,
+    /// The disk write-ahead queue (on by default).
+    pub wal: crate::export::wal::WalSettings,
 }
 
 impl Default for Settings {
@@ -98,6 +100,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             push: Default::default(),
             train: Default::default(),
+            wal: Default::default(),
         }
     }
 }
@@ -567,6 +570,15 @@ impl Config {
             .unwrap_or_else(|| self.settings.data_dir.join("detectors.snap"))
     }
 
+    /// WAL segment directory.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.settings
+            .wal
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.settings.data_dir.join("wal"))
+    }
+
     /// Where dead letters go.
     pub fn dead_letter_path(&self) -> PathBuf {
         self.settings
@@ -730,6 +742,17 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
     }
     if !s.receiver.grpc.enabled && !s.receiver.http.enabled {
         return Err(invalid("receiver", "enable at least one of grpc and http"));
+    }
+    if s.wal.enabled {
+        s.wal
+            .check()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        if s.wal.max_bytes < s.receiver.max_decompressed_bytes as u64 {
+            return Err(invalid(
+                "wal.max_bytes",
+                "must be at least receiver.max_decompressed_bytes (the largest request)",
+            ));
+        }
     }
     if s.pipeline.max_queued_records == 0 {
         return Err(invalid(

@@ -17,7 +17,7 @@ use crate::export::file::FileSink;
 use crate::export::{stream_name, Doc};
 use crate::pipeline::process::{worker_loop, Processor};
 use crate::pipeline::snapshot::{self, Restored};
-use crate::pipeline::{Admission, AnomalyFeed, ExportCtx, Payload, Pipeline};
+use crate::pipeline::{Admission, AnomalyFeed, ExportCtx, Pipeline, Work};
 use crate::receiver::{grpc, http};
 use crate::telemetry::{self, AdminState, Health, Metrics, Signal, SignalLabels};
 
@@ -50,6 +50,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("model {path} (detect.model / --model): {reason}")]
     Model { path: String, reason: String },
+    #[error("write-ahead queue (wal.dir, or set wal.enabled: false): {0}")]
+    Wal(#[from] crate::export::wal::WalError),
 }
 
 /// Batches that may wait for a scoring worker (records are capped separately by admission).
@@ -135,9 +137,25 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         s.pipeline.max_queued_records,
         metrics.clone(),
     ));
-    let (work_tx, work_rx) = flume::bounded::<Payload>(WORK_QUEUE_BATCHES);
+    let (work_tx, work_rx) = flume::bounded::<Work>(WORK_QUEUE_BATCHES);
     let (export_tx, export_rx) = flume::bounded::<Vec<Doc>>(EXPORT_QUEUE_BATCHES);
-    let pipeline = Arc::new(Pipeline::new(admission.clone(), work_tx, metrics.clone()));
+    let mut pipeline = Pipeline::new(admission.clone(), work_tx, metrics.clone());
+    // The write-ahead queue: requests left by the last run are replayed first.
+    let intake = if s.wal.enabled {
+        let wal_metrics = crate::export::wal::WalMetrics::default();
+        wal_metrics.register(&mut registry);
+        let dir = cfg.wal_dir();
+        let (wal, replay) = crate::export::wal::Wal::open(&dir, &s.wal, wal_metrics)?;
+        if !replay.is_empty() {
+            tracing::info!(dir = %dir.display(), requests = replay.len(), "replaying the write-ahead queue");
+        }
+        let intake = Arc::new(crate::export::wal::intake::Intake::new(wal, replay));
+        pipeline = pipeline.with_wal(intake.clone());
+        Some(intake)
+    } else {
+        None
+    };
+    let pipeline = Arc::new(pipeline);
     let ctx = Arc::new(ExportCtx {
         admission: admission.clone(),
         metrics: metrics.clone(),
@@ -297,6 +315,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
 
     // Receivers and admin.
     let stop_accepting = shutdown.child_token();
+    let feeder = intake.as_ref().map(|i| {
+        tokio::spawn(
+            i.clone()
+                .run_feeder(pipeline.clone(), stop_accepting.clone()),
+        )
+    });
     let mut servers: Vec<JoinHandle<()>> = Vec::new();
     if let Some(l) = grpc_listener {
         let recv = grpc::GrpcReceiver::new(pipeline.clone(), metrics.clone());
@@ -448,7 +472,11 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         for srv in servers {
             let _ = tokio::time::timeout(deadline, srv).await;
         }
-        // 2. Drain: workers score what is queued, then exit.
+        // 2. Drain: workers score what is queued, then exit. Requests still
+        // waiting on disk stay in the write-ahead queue for the next start.
+        if let Some(f) = feeder {
+            let _ = f.await;
+        }
         pipeline.close();
         let _ = tokio::task::spawn_blocking(move || {
             for w in workers {
@@ -480,6 +508,16 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
                 records = unsent,
                 "records not delivered before the shutdown deadline (shutdown_timeout)"
             );
+        }
+        if let Some(intake) = &intake {
+            let wal = intake.wal();
+            wal.close();
+            if unsent > 0 || intake.spilled() > 0 {
+                tracing::info!(
+                    bytes = wal.bytes(),
+                    "undelivered requests stay in the write-ahead queue and are replayed at the next start"
+                );
+            }
         }
         if let Some(task) = push_task {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -534,7 +572,7 @@ fn run_file_sink(
                                 outcome: crate::telemetry::ExportOutcome::created,
                             })
                             .inc_by(n as u64);
-                        ctx.admission.release(n);
+                        ctx.delivered(docs);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, docs = n, "writing NDJSON output failed; dead-lettering the batch");
@@ -544,10 +582,11 @@ fn run_file_sink(
                             .collect();
                         if let Err(e2) = ctx.dead_letter.write(&entries) {
                             tracing::error!(error = %e2, docs = n, "dead-letter write failed too; these documents are lost");
+                            ctx.admission.release(n);
                         } else {
                             ctx.metrics.dead_lettered.inc_by(n as u64);
+                            ctx.delivered(entries.into_iter().map(|(d, _)| d));
                         }
-                        ctx.admission.release(n);
                     }
                 }
             }

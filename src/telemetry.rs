@@ -83,6 +83,10 @@ pub enum RejectReason {
     unsupported_media_type,
     /// Missing or invalid bearer token (`receiver.auth`).
     unauthenticated,
+    /// The write-ahead queue is at `wal.max_bytes`.
+    wal_full,
+    /// The write-ahead queue could not write (disk full, I/O error).
+    storage_error,
 }
 
 /// Labels of rejected records.

@@ -439,6 +439,8 @@ async fn queue_full_is_refused_with_retry_hints_and_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = base_config(dir.path());
     cfg.settings.pipeline.max_queued_records = CAP;
+    // The in-memory cap alone: with the WAL these would wait on disk.
+    cfg.settings.wal.enabled = false;
     // Nothing listens on port 1: nothing drains, and the output is never reached.
     let mut es = ElasticsearchSettings {
         urls: vec!["http://127.0.0.1:1".into()],

@@ -545,11 +545,18 @@ pub async fn run(
                         consecutive_failures = 0;
                         paused_until = None;
                         let mut dead = Vec::new();
+                        let mut settled = Vec::new();
                         let (mut created, mut duplicate, mut retried) = (0u64, 0u64, 0usize);
                         for (mut doc, action) in docs.into_iter().zip(actions) {
                             match action {
-                                ItemAction::Delivered => created += 1,
-                                ItemAction::Duplicate => duplicate += 1,
+                                ItemAction::Delivered => {
+                                    created += 1;
+                                    settled.push(doc);
+                                }
+                                ItemAction::Duplicate => {
+                                    duplicate += 1;
+                                    settled.push(doc);
+                                }
                                 ItemAction::Retry(reason) => {
                                     doc.attempts += 1;
                                     if doc.attempts > es.bulk.max_retries {
@@ -570,13 +577,12 @@ pub async fn run(
                                 ctx.metrics.exported.get_or_create(&ExportLabels { outcome }).inc_by(n);
                             }
                         }
-                        let done = (created + duplicate) as usize;
                         let outcome = if retried + dead.len() == 0 { BulkOutcome::ok } else { BulkOutcome::partial };
                         ctx.metrics.bulk_requests.get_or_create(&BulkLabels { outcome }).inc();
                         if retried > 0 {
                             tracing::debug!(retried, "bulk items will be retried");
                         }
-                        ctx.admission.release(done);
+                        ctx.delivered(settled);
                         ctx.dead_letter(dead).await;
                     }
                     Err(RequestFailure::Retry(reason)) => {

@@ -1,4 +1,5 @@
 //! Outputs: Elasticsearch (bulk API), NDJSON files (the embedded default),
+//! the disk write-ahead queue in front of them,
 //! and the dead-letter file.
 
 pub mod bulk;
@@ -6,6 +7,7 @@ pub mod deadletter;
 pub mod document;
 pub mod elasticsearch;
 pub mod file;
+pub mod wal;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,6 +25,9 @@ pub struct Doc {
     pub source: Bytes,
     /// Retryable failures so far.
     pub attempts: u32,
+    /// Settled when this document is delivered or dead-lettered (its request
+    /// is in the write-ahead queue until then); `None` without the WAL.
+    pub delivery: Option<crate::export::wal::Delivery>,
 }
 
 impl Doc {
@@ -33,6 +38,7 @@ impl Doc {
             id,
             source: source.into(),
             attempts: 0,
+            delivery: None,
         }
     }
 }

@@ -44,6 +44,23 @@ impl Payload {
     }
 }
 
+/// A request on its way to a scoring worker, with its delivery token when
+/// it is held in the write-ahead queue.
+#[derive(Debug)]
+pub struct Work {
+    pub payload: Payload,
+    pub delivery: Option<crate::export::wal::Delivery>,
+}
+
+impl From<Payload> for Work {
+    fn from(payload: Payload) -> Self {
+        Self {
+            payload,
+            delivery: None,
+        }
+    }
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -53,6 +70,10 @@ pub enum Refusal {
     ShuttingDown,
     #[error("request holds {records} records, more than pipeline.max_queued_records ({capacity}); split it into smaller requests")]
     TooLarge { records: usize, capacity: usize },
+    #[error("write-ahead queue full: {used} of {max} bytes waiting for the output (raise wal.max_bytes, or check the output); retry later")]
+    WalFull { used: u64, max: u64 },
+    #[error("write-ahead queue cannot store the request ({kind}); check free space under wal.dir; retry later")]
+    Storage { kind: std::io::ErrorKind },
 }
 
 /// The cap on records in the pipeline.
@@ -108,6 +129,24 @@ impl Admission {
         }
     }
 
+    /// Takes `n` permits (at most the cap), waiting for them; returns how
+    /// many were taken, to be given back as the records are delivered.
+    pub async fn admit(&self, n: usize) -> usize {
+        let n = n.min(self.capacity);
+        if n == 0 {
+            return 0;
+        }
+        match self.sem.acquire_many(n as u32).await {
+            Ok(permit) => {
+                permit.forget();
+                self.metrics.queued.set(self.queued() as i64);
+                n
+            }
+            // The semaphore is never closed.
+            Err(_) => 0,
+        }
+    }
+
     /// Returns `n` permits (records delivered or dead-lettered).
     pub fn release(&self, n: usize) {
         if n > 0 {
@@ -150,6 +189,20 @@ pub struct ExportCtx {
 }
 
 impl ExportCtx {
+    /// Documents the output has delivered (or found already stored):
+    /// releases their permits and settles their delivery tokens. The hook
+    /// every output calls.
+    pub fn delivered(&self, docs: impl IntoIterator<Item = Doc>) {
+        let mut n = 0;
+        for d in docs {
+            n += 1;
+            if let Some(t) = &d.delivery {
+                t.done();
+            }
+        }
+        self.admission.release(n);
+    }
+
     /// Writes documents to the dead-letter file and releases their permits.
     pub async fn dead_letter(&self, entries: Vec<(Doc, String)>) {
         if entries.is_empty() {
@@ -160,13 +213,21 @@ impl ExportCtx {
             tracing::warn!(signal = doc.signal.as_str(), id = %doc.id, reason = %reason, "document rejected by the output; dead-lettered");
         }
         let dl = DeadLetter::new(self.dead_letter.path());
-        let written = tokio::task::spawn_blocking(move || dl.write(&entries)).await;
+        let written =
+            tokio::task::spawn_blocking(move || dl.write(&entries).map(|()| entries)).await;
         match written {
-            Ok(Ok(())) => {
+            Ok(Ok(entries)) => {
                 self.metrics.dead_lettered.inc_by(n as u64);
+                // Settled only once written: a document whose dead letter is
+                // lost stays in the write-ahead queue and comes back at restart.
+                for (d, _) in &entries {
+                    if let Some(t) = &d.delivery {
+                        t.done();
+                    }
+                }
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, path = %self.dead_letter.path().display(), docs = n, "writing the dead-letter file failed; these documents are lost")
+                tracing::error!(error = %e, path = %self.dead_letter.path().display(), docs = n, "writing the dead-letter file failed; these documents are lost unless the write-ahead queue replays them at the next start")
             }
             Err(e) => {
                 tracing::error!(error = %e, docs = n, "dead-letter task failed; these documents are lost")
@@ -267,47 +328,85 @@ impl AnomalyFeed {
 #[derive(Debug)]
 pub struct Pipeline {
     admission: Arc<Admission>,
-    tx: RwLock<Option<flume::Sender<Payload>>>,
+    tx: RwLock<Option<flume::Sender<Work>>>,
     metrics: Arc<Metrics>,
+    /// The write-ahead queue, when `wal.enabled`.
+    wal: Option<Arc<crate::export::wal::intake::Intake>>,
 }
 
 impl Pipeline {
     /// A pipeline feeding `tx`.
-    pub fn new(
-        admission: Arc<Admission>,
-        tx: flume::Sender<Payload>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(admission: Arc<Admission>, tx: flume::Sender<Work>, metrics: Arc<Metrics>) -> Self {
         Self {
             admission,
             tx: RwLock::new(Some(tx)),
             metrics,
+            wal: None,
         }
     }
 
-    /// Accepts a request of `records` records, or refuses it at once.
+    /// Puts the write-ahead queue in front of the work queue.
+    pub fn with_wal(mut self, intake: Arc<crate::export::wal::intake::Intake>) -> Self {
+        self.wal = Some(intake);
+        self
+    }
+
+    /// Accepts a request of `records` records, or refuses it. With the
+    /// write-ahead queue, returns once the request is durable in it.
+    pub async fn accept(&self, payload: Payload, records: usize) -> Result<(), Refusal> {
+        match &self.wal {
+            Some(w) if records > 0 => w.accept(self, payload, records).await,
+            _ => self.submit(payload, records),
+        }
+    }
+
+    /// Accepts a request of `records` records into memory, or refuses it at once.
     pub fn submit(&self, payload: Payload, records: usize) -> Result<(), Refusal> {
         let signal = payload.signal();
-        let guard = self.tx.read().map_err(|_| Refusal::ShuttingDown)?;
-        let Some(tx) = guard.as_ref() else {
-            return Err(Refusal::ShuttingDown);
-        };
-        self.admission.try_admit(records)?;
-        if let Err(e) = tx.try_send(payload) {
-            self.admission.release(records);
-            return Err(match e {
-                flume::TrySendError::Full(_) => Refusal::QueueFull {
-                    queued: self.admission.queued(),
-                    capacity: self.admission.capacity(),
-                },
-                flume::TrySendError::Disconnected(_) => Refusal::ShuttingDown,
-            });
-        }
+        self.try_enqueue(payload.into(), records)
+            .map_err(|(_, r)| r)?;
+        self.count_received(signal, records);
+        Ok(())
+    }
+
+    pub(crate) fn count_received(&self, signal: Signal, records: usize) {
         self.metrics
             .received
             .get_or_create(&crate::telemetry::SignalLabels { signal })
             .inc_by(records as u64);
+    }
+
+    /// Admits and queues `work` at once, or gives it back with the refusal.
+    pub(crate) fn try_enqueue(&self, work: Work, records: usize) -> Result<(), (Work, Refusal)> {
+        let guard = match self.tx.read() {
+            Ok(g) => g,
+            Err(_) => return Err((work, Refusal::ShuttingDown)),
+        };
+        let Some(tx) = guard.as_ref() else {
+            return Err((work, Refusal::ShuttingDown));
+        };
+        if let Err(r) = self.admission.try_admit(records) {
+            return Err((work, r));
+        }
+        if let Err(e) = tx.try_send(work) {
+            self.admission.release(records);
+            return Err(match e {
+                flume::TrySendError::Full(w) => (
+                    w,
+                    Refusal::QueueFull {
+                        queued: self.admission.queued(),
+                        capacity: self.admission.capacity(),
+                    },
+                ),
+                flume::TrySendError::Disconnected(w) => (w, Refusal::ShuttingDown),
+            });
+        }
         Ok(())
+    }
+
+    /// The work queue's sender, until the pipeline is closed.
+    pub(crate) fn sender(&self) -> Option<flume::Sender<Work>> {
+        self.tx.read().ok().and_then(|g| g.clone())
     }
 
     /// Stops intake: later submits are refused; workers drain what is queued.

@@ -603,12 +603,19 @@ fn number(v: Option<number_data_point::Value>) -> f64 {
 
 /// Runs a scoring worker until the input closes.
 pub fn worker_loop(
-    input: flume::Receiver<Payload>,
+    input: flume::Receiver<super::Work>,
     output: flume::Sender<Vec<Doc>>,
     processor: Arc<Processor>,
 ) {
-    while let Ok(payload) = input.recv() {
-        let docs = processor.process(payload);
+    while let Ok(work) = input.recv() {
+        let mut docs = processor.process(work.payload);
+        if let Some(delivery) = work.delivery {
+            // Every document carries the token; the request is settled when the last one is.
+            for d in &mut docs {
+                d.delivery = Some(delivery.clone());
+            }
+            delivery.expect(docs.len());
+        }
         if docs.is_empty() {
             continue;
         }

@@ -41,12 +41,12 @@ pub struct GrpcReceiver {
 /// OTel exporters retry RESOURCE_EXHAUSTED only when it is there.
 pub fn refusal_status(r: &Refusal) -> Status {
     match r {
-        Refusal::QueueFull { .. } => Status::with_error_details(
+        Refusal::QueueFull { .. } | Refusal::WalFull { .. } => Status::with_error_details(
             Code::ResourceExhausted,
             r.to_string(),
             ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
         ),
-        Refusal::ShuttingDown => Status::unavailable(r.to_string()),
+        Refusal::ShuttingDown | Refusal::Storage { .. } => Status::unavailable(r.to_string()),
         Refusal::TooLarge { .. } => Status::invalid_argument(r.to_string()),
     }
 }
@@ -57,18 +57,21 @@ impl GrpcReceiver {
         Self { pipeline, metrics }
     }
 
-    fn submit(&self, payload: Payload, checked: &validate::Checked) -> Result<(), Status> {
+    async fn submit(&self, payload: Payload, checked: &validate::Checked) -> Result<(), Status> {
         let signal = payload.signal();
         if checked.rejected > 0 {
             self.count_rejected(signal, RejectReason::invalid_record, checked.rejected);
         }
         self.pipeline
-            .submit(payload, checked.accepted)
+            .accept(payload, checked.accepted)
+            .await
             .map_err(|r| {
                 let reason = match r {
                     Refusal::QueueFull { .. } => RejectReason::queue_full,
                     Refusal::ShuttingDown => RejectReason::shutting_down,
                     Refusal::TooLarge { .. } => RejectReason::too_large,
+                    Refusal::WalFull { .. } => RejectReason::wal_full,
+                    Refusal::Storage { .. } => RejectReason::storage_error,
                 };
                 self.count_rejected(signal, reason, checked.accepted);
                 refusal_status(&r)
@@ -91,7 +94,7 @@ impl TraceService for GrpcReceiver {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let mut req = request.into_inner();
         let checked = validate::traces(&mut req);
-        self.submit(Payload::Traces(req), &checked)?;
+        self.submit(Payload::Traces(req), &checked).await?;
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: partial(&checked).map(|(rejected_spans, error_message)| {
                 ExportTracePartialSuccess {
@@ -111,7 +114,7 @@ impl MetricsService for GrpcReceiver {
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let mut req = request.into_inner();
         let checked = validate::metrics(&mut req);
-        self.submit(Payload::Metrics(req), &checked)?;
+        self.submit(Payload::Metrics(req), &checked).await?;
         Ok(Response::new(ExportMetricsServiceResponse {
             partial_success: partial(&checked).map(|(rejected_data_points, error_message)| {
                 ExportMetricsPartialSuccess {
@@ -131,7 +134,7 @@ impl LogsService for GrpcReceiver {
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let req = request.into_inner();
         let checked = validate::logs(&req);
-        self.submit(Payload::Logs(req), &checked)?;
+        self.submit(Payload::Logs(req), &checked).await?;
         Ok(Response::new(ExportLogsServiceResponse {
             partial_success: partial(&checked).map(|(rejected_log_records, error_message)| {
                 ExportLogsPartialSuccess {

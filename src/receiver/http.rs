@@ -305,7 +305,11 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
     if checked.rejected > 0 {
         reject(RejectReason::invalid_record, checked.rejected);
     }
-    if let Err(r) = state.pipeline.submit(req.into_payload(), checked.accepted) {
+    if let Err(r) = state
+        .pipeline
+        .accept(req.into_payload(), checked.accepted)
+        .await
+    {
         let (status, reason, retry) = match r {
             Refusal::QueueFull { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -321,6 +325,14 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
                 StatusCode::PAYLOAD_TOO_LARGE,
                 RejectReason::too_large,
                 false,
+            ),
+            Refusal::WalFull { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, RejectReason::wal_full, true)
+            }
+            Refusal::Storage { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                RejectReason::storage_error,
+                true,
             ),
         };
         reject(reason, checked.accepted);

@@ -157,7 +157,10 @@ class Sidecar:
         self.config_path.write_text(json.dumps(cfg, indent=2))
         self.log_path = self.dir / "sidecar.log"
         self.log = open(self.log_path, "w")
-        full_env = {**os.environ, "RUST_LOG": "info", **(env or {})}
+        # OTEL_ANOMALY_BIN names the binary for this harness; the sidecar would
+        # read it as a configuration key (every OTEL_ANOMALY_* is one).
+        inherited = {k: v for k, v in os.environ.items() if k != "OTEL_ANOMALY_BIN"}
+        full_env = {**inherited, "RUST_LOG": "info", **(env or {})}
         self.proc = subprocess.Popen(
             [str(BINARY), "sidecar", "--config", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,

@@ -171,6 +171,8 @@ def test_full_queue_is_refused_and_the_sdk_retries_until_it_drains(es, sidecar_f
         {
             **es_config(f"http://127.0.0.1:{gate.port}", "backpressure"),
             "pipeline": {"max_queued_records": 100},
+            # The in-memory cap alone (the WAL would hold these on disk: test_wal_faults.py).
+            "wal": {"enabled": False},
         }
     )
     try:

@@ -1,0 +1,206 @@
+//! Between the receivers and the work queue when the WAL is on.
+//!
+//! A request is written to the WAL and made durable, then acknowledged. If
+//! nothing is waiting on disk and the pipeline has room, the decoded request
+//! goes straight to the workers (the fast path: no read-back). Otherwise only
+//! its position is kept ("spilled"), and the feeder reads it back from disk
+//! when the pipeline has room, oldest first. Requests found in the WAL at
+//! start are spilled the same way, so replay and outage buffering are one path.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{encode_payload, Delivery, Position, Replayed, Wal, WalError};
+use crate::pipeline::{Payload, Pipeline, Refusal, Work};
+use crate::telemetry::Signal;
+
+/// A request held on disk only.
+#[derive(Debug, Clone)]
+struct Spilled {
+    position: Position,
+    records: u32,
+    delivery: Delivery,
+}
+
+/// The WAL intake shared by the receivers and the feeder.
+#[derive(Debug)]
+pub struct Intake {
+    wal: Arc<Wal>,
+    spilled: Mutex<VecDeque<Spilled>>,
+    more: Notify,
+}
+
+impl Intake {
+    /// An intake over `wal`, starting with the requests found in it at open.
+    pub fn new(wal: Arc<Wal>, replay: Vec<Replayed>) -> Self {
+        let spilled: VecDeque<Spilled> = replay
+            .into_iter()
+            .map(|r| Spilled {
+                position: r.position,
+                records: r.records,
+                delivery: r.delivery,
+            })
+            .collect();
+        wal.metrics().spilled.set(spilled.len() as i64);
+        let intake = Self {
+            wal,
+            spilled: Mutex::new(spilled),
+            more: Notify::new(),
+        };
+        intake.more.notify_one();
+        intake
+    }
+
+    /// The WAL.
+    pub fn wal(&self) -> &Arc<Wal> {
+        &self.wal
+    }
+
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Spilled>> {
+        self.spilled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests waiting on disk only.
+    pub fn spilled(&self) -> usize {
+        self.queue().len()
+    }
+
+    /// Writes the request durably, then hands it on (see the module doc).
+    pub async fn accept(
+        &self,
+        pipeline: &Pipeline,
+        payload: Payload,
+        records: usize,
+    ) -> Result<(), Refusal> {
+        let capacity = pipeline.admission().capacity();
+        if records > capacity {
+            return Err(Refusal::TooLarge { records, capacity });
+        }
+        if pipeline.sender().is_none() {
+            return Err(Refusal::ShuttingDown);
+        }
+        let signal = payload.signal();
+        let record = if records > 1024 {
+            // Large requests are encoded off the async threads.
+            let (rec, p) = tokio::task::spawn_blocking(move || {
+                (encode_payload(&payload, records as u32), payload)
+            })
+            .await
+            .map_err(|_| Refusal::ShuttingDown)?;
+            return self.finish(pipeline, p, records, signal, rec).await;
+        } else {
+            encode_payload(&payload, records as u32)
+        };
+        self.finish(pipeline, payload, records, signal, record)
+            .await
+    }
+
+    async fn finish(
+        &self,
+        pipeline: &Pipeline,
+        payload: Payload,
+        records: usize,
+        signal: Signal,
+        record: Vec<u8>,
+    ) -> Result<(), Refusal> {
+        let appended = self.wal.append(&record).await.map_err(|e| refusal(&e))?;
+        drop(record);
+        pipeline.count_received(signal, records);
+        let mut queue = self.queue();
+        if queue.is_empty() {
+            let work = Work {
+                payload,
+                delivery: Some(appended.delivery.clone()),
+            };
+            if pipeline.try_enqueue(work, records).is_ok() {
+                return Ok(());
+            }
+        }
+        queue.push_back(Spilled {
+            position: appended.position,
+            records: records as u32,
+            delivery: appended.delivery,
+        });
+        self.wal.metrics().spilled.set(queue.len() as i64);
+        drop(queue);
+        self.more.notify_one();
+        Ok(())
+    }
+
+    /// Feeds spilled requests to the pipeline, oldest first, as it has room,
+    /// until `stop` (what is left stays on disk for the next start).
+    pub async fn run_feeder(self: Arc<Self>, pipeline: Arc<Pipeline>, stop: CancellationToken) {
+        loop {
+            let next = self.queue().front().cloned();
+            let Some(item) = next else {
+                tokio::select! {
+                    _ = self.more.notified() => continue,
+                    _ = stop.cancelled() => return,
+                }
+            };
+            let admitted = tokio::select! {
+                n = pipeline.admission().admit(item.records as usize) => n,
+                _ = stop.cancelled() => return,
+            };
+            let wal = self.wal.clone();
+            let pos = item.position;
+            let read = tokio::task::spawn_blocking(move || wal.read(pos)).await;
+            let payload = match read {
+                Ok(Ok((_, _, payload))) => Some(payload),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "a request in the write-ahead queue cannot be read back; skipped");
+                    self.wal.metrics().corrupt_records.inc();
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the write-ahead queue failed");
+                    None
+                }
+            };
+            match payload {
+                Some(payload) => {
+                    let Some(tx) = pipeline.sender() else {
+                        pipeline.admission().release(admitted);
+                        return;
+                    };
+                    let work = Work {
+                        payload,
+                        delivery: Some(item.delivery.clone()),
+                    };
+                    if tx.send_async(work).await.is_err() {
+                        pipeline.admission().release(admitted);
+                        return;
+                    }
+                }
+                None => {
+                    pipeline.admission().release(admitted);
+                    // Nothing of it can be delivered: settle it so its segment can go.
+                    item.delivery.expect(0);
+                }
+            }
+            let mut q = self.queue();
+            q.pop_front();
+            self.wal.metrics().spilled.set(q.len() as i64);
+        }
+    }
+}
+
+/// The receivers' answer to a WAL failure.
+pub fn refusal(e: &WalError) -> Refusal {
+    match e {
+        WalError::Full { used, max } => Refusal::WalFull {
+            used: *used,
+            max: *max,
+        },
+        WalError::Closed => Refusal::ShuttingDown,
+        other => {
+            tracing::warn!(error = %other, "write-ahead queue refused a request");
+            Refusal::Storage {
+                kind: other.io_kind().unwrap_or(std::io::ErrorKind::Other),
+            }
+        }
+    }
+}
