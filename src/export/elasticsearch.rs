@@ -496,11 +496,18 @@ pub async fn run(
                         consecutive_failures = 0;
                         paused_until = None;
                         let mut dead = Vec::new();
+                        let mut delivered = Vec::new();
                         let (mut created, mut duplicate, mut retried) = (0u64, 0u64, 0usize);
                         for (mut doc, action) in docs.into_iter().zip(actions) {
                             match action {
-                                ItemAction::Delivered => created += 1,
-                                ItemAction::Duplicate => duplicate += 1,
+                                ItemAction::Delivered => {
+                                    created += 1;
+                                    delivered.push(doc);
+                                }
+                                ItemAction::Duplicate => {
+                                    duplicate += 1;
+                                    delivered.push(doc);
+                                }
                                 ItemAction::Retry(reason) => {
                                     doc.attempts += 1;
                                     if doc.attempts > es.bulk.max_retries {
@@ -527,7 +534,8 @@ pub async fn run(
                         if retried > 0 {
                             tracing::debug!(retried, "bulk items will be retried");
                         }
-                        ctx.admission.release(done);
+                        debug_assert_eq!(done, delivered.len());
+                        ctx.settle_docs(&delivered);
                         ctx.dead_letter(dead).await;
                     }
                     Err(RequestFailure::Retry(reason)) => {

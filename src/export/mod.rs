@@ -2,12 +2,15 @@
 //! and the dead-letter file.
 
 pub mod bulk;
+pub mod completion;
 pub mod deadletter;
 pub mod document;
 pub mod elasticsearch;
 pub mod file;
+pub mod otlp;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -23,6 +26,9 @@ pub struct Doc {
     pub source: Bytes,
     /// Retryable failures so far.
     pub attempts: u32,
+    /// The batch this document's record belongs to (settled when delivered);
+    /// `None`: the record's permit is released directly.
+    pub ticket: Option<Arc<completion::Ticket>>,
 }
 
 impl Doc {
@@ -33,6 +39,7 @@ impl Doc {
             id,
             source: source.into(),
             attempts: 0,
+            ticket: None,
         }
     }
 }

@@ -43,6 +43,16 @@ impl Payload {
     }
 }
 
+/// A request on its way to a scoring worker.
+#[derive(Debug)]
+pub struct Work {
+    pub payload: Payload,
+    /// The request's own protobuf bytes (uncompressed), when it arrived as
+    /// protobuf and validation removed nothing: the OTLP output splices the
+    /// anomaly attributes into them, so fields prost does not know survive.
+    pub wire: Option<bytes::Bytes>,
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -127,6 +137,13 @@ pub struct ExportCtx {
 }
 
 impl ExportCtx {
+    /// The document output delivered or dead-lettered `docs`: settles their
+    /// records (see [`crate::export::completion`], the one place where a
+    /// record's completion is decided).
+    pub fn settle_docs<'a>(&self, docs: impl IntoIterator<Item = &'a Doc>) {
+        settle_docs(&self.admission, docs);
+    }
+
     /// Writes documents to the dead-letter file and releases their permits.
     pub async fn dead_letter(&self, entries: Vec<(Doc, String)>) {
         if entries.is_empty() {
@@ -137,6 +154,8 @@ impl ExportCtx {
             tracing::warn!(signal = doc.signal.as_str(), id = %doc.id, reason = %reason, "document rejected by the output; dead-lettered");
         }
         let dl = DeadLetter::new(self.dead_letter.path());
+        let tickets: Vec<Option<Arc<crate::export::completion::Ticket>>> =
+            entries.iter().map(|(d, _)| d.ticket.clone()).collect();
         let written = tokio::task::spawn_blocking(move || dl.write(&entries)).await;
         match written {
             Ok(Ok(())) => {
@@ -149,8 +168,41 @@ impl ExportCtx {
                 tracing::error!(error = %e, docs = n, "dead-letter task failed; these documents are lost")
             }
         }
-        self.admission.release(n);
+        settle_tickets(&self.admission, tickets.iter().map(Option::as_ref));
     }
+}
+
+/// Settles the records of `docs` for the document output.
+pub fn settle_docs<'a>(admission: &Admission, docs: impl IntoIterator<Item = &'a Doc>) {
+    settle_tickets(admission, docs.into_iter().map(|d| d.ticket.as_ref()));
+}
+
+/// Settles one record per entry for the document output: consecutive
+/// records of one batch together; records without a ticket release their
+/// permit directly.
+fn settle_tickets<'a>(
+    admission: &Admission,
+    tickets: impl IntoIterator<Item = Option<&'a Arc<crate::export::completion::Ticket>>>,
+) {
+    use crate::export::completion::Output;
+    let mut run: Option<(&Arc<crate::export::completion::Ticket>, usize)> = None;
+    let mut direct = 0usize;
+    for t in tickets {
+        match (t, run.as_mut()) {
+            (None, _) => direct += 1,
+            (Some(t), Some((cur, n))) if Arc::ptr_eq(t, cur) => *n += 1,
+            (Some(t), _) => {
+                if let Some((cur, n)) = run.take() {
+                    cur.settle(Output::Documents, n);
+                }
+                run = Some((t, 1));
+            }
+        }
+    }
+    if let Some((cur, n)) = run {
+        cur.settle(Output::Documents, n);
+    }
+    admission.release(direct);
 }
 
 /// A notable anomaly, kept for the demo and the logs.
@@ -244,33 +296,62 @@ impl AnomalyFeed {
 #[derive(Debug)]
 pub struct Pipeline {
     admission: Arc<Admission>,
-    tx: RwLock<Option<flume::Sender<Payload>>>,
+    tx: RwLock<Option<flume::Sender<Work>>>,
     metrics: Arc<Metrics>,
+    keep_wire: std::sync::atomic::AtomicBool,
 }
 
 impl Pipeline {
     /// A pipeline feeding `tx`.
-    pub fn new(
-        admission: Arc<Admission>,
-        tx: flume::Sender<Payload>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(admission: Arc<Admission>, tx: flume::Sender<Work>, metrics: Arc<Metrics>) -> Self {
         Self {
             admission,
             tx: RwLock::new(Some(tx)),
             metrics,
+            keep_wire: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Receivers keep each protobuf request's bytes (processor mode).
+    pub fn set_keep_wire(&self, keep: bool) {
+        self.keep_wire
+            .store(keep, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether receivers should keep each protobuf request's bytes.
+    pub fn keeps_wire(&self) -> bool {
+        self.keep_wire.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Accepts a request of `records` records, or refuses it at once.
     pub fn submit(&self, payload: Payload, records: usize) -> Result<(), Refusal> {
-        let signal = payload.signal();
+        self.submit_work(
+            Work {
+                payload,
+                wire: None,
+            },
+            records,
+        )
+    }
+
+    /// Accepts a request with its own protobuf bytes (see [`Work::wire`]).
+    pub fn submit_wire(
+        &self,
+        payload: Payload,
+        records: usize,
+        wire: Option<bytes::Bytes>,
+    ) -> Result<(), Refusal> {
+        self.submit_work(Work { payload, wire }, records)
+    }
+
+    fn submit_work(&self, work: Work, records: usize) -> Result<(), Refusal> {
+        let signal = work.payload.signal();
         let guard = self.tx.read().map_err(|_| Refusal::ShuttingDown)?;
         let Some(tx) = guard.as_ref() else {
             return Err(Refusal::ShuttingDown);
         };
         self.admission.try_admit(records)?;
-        if let Err(e) = tx.try_send(payload) {
+        if let Err(e) = tx.try_send(work) {
             self.admission.release(records);
             return Err(match e {
                 flume::TrySendError::Full(_) => Refusal::QueueFull {
