@@ -423,3 +423,64 @@ async fn http_hop_retry_after_partial_success_dead_letter_headers_and_unknown_fi
     a.shutdown().await;
     server.abort();
 }
+
+async fn capture_ok(State(seen): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let plain = body_of(&headers, &body);
+    seen.lock()
+        .unwrap()
+        .traces
+        .push((Instant::now(), headers, plain));
+    (StatusCode::OK, [("content-type", "application/x-protobuf")]).into_response()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_input_keeps_unknown_fields_on_the_way_to_the_next_hop() {
+    let seen: Shared = Arc::default();
+    let app = axum::Router::new()
+        .route("/v1/traces", post(capture_ok))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hop = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let a = Sidecar::start(processor_config(
+        dir.path(),
+        &[("PROTOCOL", "http"), ("ENDPOINT", hop.as_str())],
+    ))
+    .await;
+
+    // The sender: the sidecar's own OTLP client, sending raw bytes over gRPC to A.
+    let to_a = processor_config(
+        dir.path(),
+        &[(
+            "ENDPOINT",
+            format!("http://{}", a.running.grpc_addr.unwrap()).as_str(),
+        )],
+    );
+    let client = otel_anomaly::export::otlp::OtlpClient::new(to_a.otlp.as_ref().unwrap()).unwrap();
+    let req = spans(0, 10);
+    let (bytes, unknown) = with_unknown_fields(&req);
+    let reply = client
+        .send(Signal::traces, Bytes::from(bytes))
+        .await
+        .expect("A accepts the request");
+    assert_eq!(reply.rejected, 0);
+    eventually("the hop gets the request", WAIT, || async {
+        !seen.lock().unwrap().traces.is_empty()
+    })
+    .await;
+    let s = seen.lock().unwrap();
+    let body = &s.traces[0].2;
+    let found = body
+        .windows(unknown.len())
+        .filter(|w| *w == unknown.as_slice())
+        .count();
+    assert_eq!(found, 11, "the request's and every span's unknown field");
+    let back = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+    for sp in &back.resource_spans[0].scope_spans[0].spans {
+        assert!(sp.attributes.iter().any(|k| k.key == "anomaly.score"));
+    }
+    drop(s);
+    a.shutdown().await;
+    server.abort();
+}

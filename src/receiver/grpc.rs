@@ -58,12 +58,22 @@ impl GrpcReceiver {
     }
 
     fn submit(&self, payload: Payload, checked: &validate::Checked) -> Result<(), Status> {
+        self.submit_with_wire(payload, checked, None)
+    }
+
+    /// Submits a request with its own protobuf bytes (processor mode, `grpc_raw`).
+    pub(crate) fn submit_with_wire(
+        &self,
+        payload: Payload,
+        checked: &validate::Checked,
+        wire: Option<bytes::Bytes>,
+    ) -> Result<(), Status> {
         let signal = payload.signal();
         if checked.rejected > 0 {
             self.count_rejected(signal, RejectReason::invalid_record, checked.rejected);
         }
         self.pipeline
-            .submit(payload, checked.accepted)
+            .submit_wire(payload, checked.accepted, wire)
             .map_err(|r| {
                 let reason = match r {
                     Refusal::QueueFull { .. } => RejectReason::queue_full,
@@ -151,6 +161,18 @@ pub async fn serve(
     max_message_bytes: usize,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    if receiver.pipeline.keeps_wire() {
+        // Processor mode: services that keep each request's bytes (see grpc_raw).
+        use super::grpc_raw::{Logs, Metrics, Server, Traces};
+        let max = max_message_bytes;
+        return tonic::transport::Server::builder()
+            .add_service(Server::<Traces>::new(receiver.clone(), max))
+            .add_service(Server::<Metrics>::new(receiver.clone(), max))
+            .add_service(Server::<Logs>::new(receiver, max))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+    }
     let traces = TraceServiceServer::new(receiver.clone())
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
@@ -163,7 +185,6 @@ pub async fn serve(
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message_bytes);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(traces)
         .add_service(metrics)

@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod grpc;
+pub mod grpc_raw;
 pub mod http;
 
 use std::time::Duration;

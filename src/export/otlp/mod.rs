@@ -364,7 +364,7 @@ pub enum OtlpError {
 enum Transport {
     Grpc {
         /// Channels of traces, metrics, logs.
-        channels: [Option<tonic::transport::Channel>; 3],
+        channels: Box<[Option<tonic::transport::Channel>; 3]>,
         metadata: MetadataMap,
     },
     Http {
@@ -441,7 +441,10 @@ impl OtlpClient {
                         })?;
                     metadata.append(key, value);
                 }
-                Transport::Grpc { channels, metadata }
+                Transport::Grpc {
+                    channels: Box::new(channels),
+                    metadata,
+                }
             }
             OtlpProtocol::Http => {
                 let mut headers = reqwest::header::HeaderMap::new();

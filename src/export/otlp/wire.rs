@@ -203,6 +203,9 @@ fn split_key(key: u64, at: usize) -> Result<(u32, u8), WireError> {
     Ok((field, (key & 7) as u8))
 }
 
+/// Called at the end of each rewritten message with its level and the output buffer.
+pub type AtEnd<'a> = dyn FnMut(Level, &mut Vec<u8>) -> Result<(), WireError> + 'a;
+
 /// Copies the message `buf` at `level` into `out`, rewriting the messages on
 /// the path to records, and calls `at_end` at the end of each of those
 /// messages (with the level, and the buffer to append to).
@@ -210,7 +213,7 @@ pub fn rewrite(
     buf: &[u8],
     level: Level,
     out: &mut Vec<u8>,
-    at_end: &mut dyn FnMut(Level, &mut Vec<u8>) -> Result<(), WireError>,
+    at_end: &mut AtEnd<'_>,
 ) -> Result<(), WireError> {
     let mut pos = 0;
     while pos < buf.len() {
