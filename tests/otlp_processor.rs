@@ -469,8 +469,7 @@ async fn grpc_input_keeps_unknown_fields_on_the_way_to_the_next_hop() {
         !seen.lock().unwrap().traces.is_empty()
     })
     .await;
-    let s = seen.lock().unwrap();
-    let body = &s.traces[0].2;
+    let body = seen.lock().unwrap().traces[0].2.clone();
     let found = body
         .windows(unknown.len())
         .filter(|w| *w == unknown.as_slice())
@@ -480,7 +479,6 @@ async fn grpc_input_keeps_unknown_fields_on_the_way_to_the_next_hop() {
     for sp in &back.resource_spans[0].scope_spans[0].spans {
         assert!(sp.attributes.iter().any(|k| k.key == "anomaly.score"));
     }
-    drop(s);
     a.shutdown().await;
     server.abort();
 }
