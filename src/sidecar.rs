@@ -467,8 +467,11 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         };
         if tokio::time::timeout(left, flushed).await.is_err() {
             hard_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), exporter).await;
-            if let Some(t) = otlp_task {
+            // A task that already finished may have been polled to completion: never await it again.
+            if !exporter.is_finished() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), exporter).await;
+            }
+            if let Some(t) = otlp_task.filter(|t| !t.is_finished()) {
                 let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
             }
         }

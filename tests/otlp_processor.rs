@@ -482,3 +482,136 @@ async fn grpc_input_keeps_unknown_fields_on_the_way_to_the_next_hop() {
     a.shutdown().await;
     server.abort();
 }
+
+/// A gRPC next hop behind TLS that records what it got (an observer).
+#[derive(Clone, Default)]
+struct TlsHop {
+    got: Arc<Mutex<Vec<(Option<String>, usize)>>>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for TlsHop
+{
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let auth = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let req = request.into_inner();
+        let spans = req
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .filter(|s| s.attributes.iter().any(|k| k.key == "anomaly.score"))
+            .count();
+        self.got.lock().unwrap().push((auth, spans));
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_hop_over_tls_with_a_private_ca_and_auth_from_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params
+        .signed_by(&key, &rcgen::Issuer::new(ca_params, ca_key))
+        .unwrap();
+    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
+
+    let hop = TlsHop::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = {
+        let hop = hop.clone();
+        let identity = tonic::transport::Identity::from_pem(cert.pem(), key.serialize_pem());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap()
+                .add_service(
+                    opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(hop)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                )
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+        })
+    };
+    let url = format!("https://localhost:{port}");
+    let ca_file = d.join("ca.pem").display().to_string();
+
+    // Trusting the private CA: delivered, with the Authorization header from the environment.
+    let mut env: BTreeMap<String, String> = [
+        ("ENDPOINT", url.as_str()),
+        ("CA_FILE", ca_file.as_str()),
+        ("HEADERS_FROM_ENV__AUTHORIZATION", "HOP_TOKEN"),
+    ]
+    .iter()
+    .map(|(k, v)| (format!("OTEL_ANOMALY_EXPORT__OTLP__{k}"), v.to_string()))
+    .collect();
+    env.insert("HOP_TOKEN".into(), "Bearer from-env".into());
+    let resolved = config::resolve(None, &env, &FlagOverrides::default()).expect("config");
+    let mut cfg = base_config(d);
+    cfg.settings.export.otlp = resolved.settings.export.otlp.clone();
+    cfg.otlp = resolved.otlp;
+    let a = Sidecar::start(cfg).await;
+    assert_eq!(a.post_traces(&spans(0, 20)).await.status(), 200);
+    eventually("the spans reach the TLS hop", WAIT, || async {
+        hop.got.lock().unwrap().iter().map(|g| g.1).sum::<usize>() == 20
+    })
+    .await;
+    assert!(hop
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|g| g.0.as_deref() == Some("Bearer from-env")));
+    a.shutdown().await;
+
+    // Without the CA the hop is not trusted: nothing is sent, the batch waits and is retried.
+    let dir2 = tempfile::tempdir().unwrap();
+    let a = Sidecar::start(processor_config(
+        dir2.path(),
+        &[
+            ("ENDPOINT", url.as_str()),
+            ("RETRY__INITIAL_BACKOFF", "50ms"),
+        ],
+    ))
+    .await;
+    let before = hop.got.lock().unwrap().len();
+    assert_eq!(a.post_traces(&spans(20, 30)).await.status(), 200);
+    eventually("the untrusted hop is retried", WAIT, || async {
+        metric_value(
+            &a.metrics_text().await,
+            "otel_anomaly_otlp_requests_total",
+            &[("signal", "traces"), ("outcome", "retry")],
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    })
+    .await;
+    assert_eq!(hop.got.lock().unwrap().len(), before);
+    assert_eq!(
+        metric_value(&a.metrics_text().await, "otel_anomaly_queued_records", &[]),
+        Some(10.0),
+        "the records wait; they are not dropped"
+    );
+    a.shutdown().await;
+    server.abort();
+}
