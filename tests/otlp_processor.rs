@@ -483,10 +483,13 @@ async fn grpc_input_keeps_unknown_fields_on_the_way_to_the_next_hop() {
     server.abort();
 }
 
+/// (Authorization header, spans with anomaly attributes) of each request.
+type Received = Vec<(Option<String>, usize)>;
+
 /// A gRPC next hop behind TLS that records what it got (an observer).
 #[derive(Clone, Default)]
 struct TlsHop {
-    got: Arc<Mutex<Vec<(Option<String>, usize)>>>,
+    got: Arc<Mutex<Received>>,
 }
 
 #[tonic::async_trait]
