@@ -237,6 +237,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             }
         }
     }
+    if !documents_on {
+        processor.without_documents();
+    }
     let n_workers = if s.pipeline.workers == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())

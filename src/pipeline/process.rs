@@ -245,6 +245,8 @@ pub struct Processor {
     traces_listener: std::sync::OnceLock<TracesListener>,
     /// Span keys with an open anomaly event, and the event's id (for `anomaly.event_id`).
     open_events: Mutex<std::collections::HashMap<KeyHash, u64>>,
+    /// Encode documents (off when the OTLP hop is the only output).
+    documents: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Processor {
@@ -289,7 +291,19 @@ impl Processor {
             feed,
             traces_listener: std::sync::OnceLock::new(),
             open_events: Mutex::new(std::collections::HashMap::new()),
+            documents: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Stops encoding documents: no output takes them (processor mode with
+    /// the OTLP hop as the only output). Records are still scored.
+    pub fn without_documents(&self) {
+        self.documents
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn documents(&self) -> bool {
+        self.documents.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sets the listener that sees each traces request (once; later calls are ignored).
@@ -333,19 +347,24 @@ impl Processor {
     pub fn process_enriching(
         &self,
         payload: Payload,
-        adds: Option<&mut Vec<Vec<KeyValue>>>,
+        mut adds: Option<&mut Vec<Vec<KeyValue>>>,
     ) -> Vec<Doc> {
         let started = Instant::now();
         let signal = payload.signal();
+        let before = adds.as_deref().map_or(0, Vec::len);
         let docs = match payload {
-            Payload::Traces(req) => self.traces(req, adds),
-            Payload::Metrics(req) => self.metric_points(req, adds),
-            Payload::Logs(req) => self.logs(req, adds),
+            Payload::Traces(req) => self.traces(req, adds.as_deref_mut()),
+            Payload::Metrics(req) => self.metric_points(req, adds.as_deref_mut()),
+            Payload::Logs(req) => self.logs(req, adds.as_deref_mut()),
+        };
+        let scored = match self.documents() {
+            true => docs.len(),
+            false => adds.as_deref().map_or(0, Vec::len) - before,
         };
         self.metrics
             .scored
             .get_or_create(&SignalLabels { signal })
-            .inc_by(docs.len() as u64);
+            .inc_by(scored as u64);
         self.metrics
             .scoring_seconds
             .inc_by(started.elapsed().as_secs_f64());
@@ -396,10 +415,12 @@ impl Processor {
                         let event = self.open_event(obs.key());
                         adds.push(crate::export::otlp::attributes_of(&verdict, &s.name, event));
                     }
-                    let id = hex_concat(&[&s.trace_id, &s.span_id]);
-                    docs.push(Signal::traces, id, |out| {
-                        encode_span(out, s, &shared, &self.data_stream, &verdict, &s.name)
-                    });
+                    if self.documents() {
+                        let id = hex_concat(&[&s.trace_id, &s.span_id]);
+                        docs.push(Signal::traces, id, |out| {
+                            encode_span(out, s, &shared, &self.data_stream, &verdict, &s.name)
+                        });
+                    }
                 }
             }
         }
@@ -562,6 +583,9 @@ impl Processor {
                                 ),
                             });
                         }
+                        if !self.documents() {
+                            continue;
+                        }
                         let (start, time) = p.times();
                         let id = id128(&[
                             &series.to_le_bytes(),
@@ -606,6 +630,9 @@ impl Processor {
                     self.note(Signal::logs, service, service, &verdict);
                     if let Some(adds) = adds.as_deref_mut() {
                         adds.push(crate::export::otlp::attributes_of(&verdict, service, None));
+                    }
+                    if !self.documents() {
+                        continue;
                     }
                     encoded.clear();
                     // Encoding a prost message into a Vec cannot fail.
@@ -733,12 +760,13 @@ fn score_and_route(work: Work, outputs: &WorkerOutputs, processor: &Processor) -
     let signal = work.payload.signal();
     let otlp = outputs.otlp_for(signal);
     let wire = otlp.map(|_| base_wire(&work));
-    let mut adds = Vec::new();
-    let mut docs = processor.process_enriching(work.payload, otlp.map(|_| &mut adds));
-    let records = docs.len();
+    let records = records_of(&work.payload);
     if records == 0 {
         return Ok(());
     }
+    let mut adds = Vec::new();
+    let mut docs = processor.process_enriching(work.payload, otlp.map(|_| &mut adds));
+    debug_assert!(docs.len() == records || outputs.documents.is_none());
     let ticket = Ticket::new(
         records,
         Outputs {

@@ -206,6 +206,9 @@ def test_chain_sdk_to_processor_to_rotel_to_sidecar(sidecar_factory, rotel_facto
     assert a.metric("otel_anomaly_otlp_exported_records_total", signal="logs") == 20
     assert a.metric("otel_anomaly_otlp_exported_records_total", signal="metrics") == points
     assert a.metric("otel_anomaly_otlp_dead_lettered_records_total") == 0
+    # A scored every record although it encodes no documents.
+    assert a.metric("otel_anomaly_scored_records_total", signal="traces") == 300
+    assert a.metric("otel_anomaly_scored_records_total", signal="logs") == 20
     # A wrote no NDJSON of its own (the OTLP hop is its only output).
     assert not (a.dir / "data" / "ndjson").exists() or not any((a.dir / "data" / "ndjson").iterdir())
     a.stop()
