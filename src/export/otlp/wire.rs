@@ -256,17 +256,33 @@ pub fn put_attributes(out: &mut Vec<u8>, field: u32, attrs: &[KeyValue]) {
     }
 }
 
-/// Counts the records of a request on the wire.
+/// Counts the records of a request on the wire (the messages `enrich`
+/// would append to), checking the same structure without copying.
 pub fn count_records(signal: Signal, buf: &[u8]) -> Result<usize, WireError> {
-    let mut n = 0;
-    let mut sink = Vec::with_capacity(buf.len() + 16);
-    rewrite(buf, Level::root(signal), &mut sink, &mut |level, _| {
-        if level.attributes_field().is_some() {
-            n += 1;
+    fn count(buf: &[u8], level: Level) -> Result<usize, WireError> {
+        let mut n = usize::from(level.attributes_field().is_some());
+        let mut pos = 0;
+        while pos < buf.len() {
+            let start = pos;
+            let key = read_varint(buf, &mut pos)?;
+            let (field, wire_type) = split_key(key, start)?;
+            match (wire_type, level.child(field)) {
+                (2, Some(child)) => {
+                    let len = read_varint(buf, &mut pos)?;
+                    let body = pos;
+                    advance(
+                        buf,
+                        &mut pos,
+                        usize::try_from(len).map_err(|_| WireError::Truncated(start))?,
+                    )?;
+                    n += count(&buf[body..pos], child)?;
+                }
+                _ => skip_value(buf, &mut pos, field, wire_type, 0)?,
+            }
         }
-        Ok(())
-    })?;
-    Ok(n)
+        Ok(n)
+    }
+    count(buf, Level::root(signal))
 }
 
 /// Appends `adds[i]` to the attributes of the request's `i`-th record (in
@@ -806,6 +822,20 @@ mod tests {
                 if let Ok(n) = count_records(signal, &bytes) {
                     prop_assert!(enrich(signal, &bytes, &adds_for(n, 0)).is_ok());
                 }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn count_agrees_with_the_rewrite(r in metrics(), bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            for buf in [r.encode_to_vec(), bytes] {
+                let mut n = 0;
+                let walked = rewrite(&buf, Level::MetricsRequest, &mut Vec::new(), &mut |l, _| {
+                    n += usize::from(l.attributes_field().is_some());
+                    Ok(())
+                });
+                prop_assert_eq!(count_records(Signal::metrics, &buf), walked.map(|_| n));
             }
         }
     }
