@@ -618,3 +618,59 @@ async fn grpc_hop_over_tls_with_a_private_ca_and_auth_from_env() {
     a.shutdown().await;
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_documents_flow_while_the_hop_is_down_and_permits_wait_for_both() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hop_port = free_port();
+    let hop = format!("http://127.0.0.1:{hop_port}");
+    let mut cfg_a = processor_config(
+        dir_a.path(),
+        &[
+            ("ENDPOINT", hop.as_str()),
+            ("RETRY__INITIAL_BACKOFF", "50ms"),
+            ("RETRY__MAX_BACKOFF", "200ms"),
+        ],
+    );
+    // Both outputs: NDJSON documents and the OTLP hop.
+    cfg_a.settings.export.file.enabled = Some(true);
+    cfg_a.settings.pipeline.max_queued_records = 250;
+    let a = Sidecar::start(cfg_a).await;
+    for k in 0..2 {
+        assert_eq!(
+            a.post_traces(&spans(k * 100, k * 100 + 100)).await.status(),
+            200
+        );
+    }
+    // The document output is not held up by the OTLP output that cannot deliver...
+    eventually("A's own documents are written", WAIT, || async {
+        ndjson_docs(dir_a.path(), "traces-").len() == 200
+    })
+    .await;
+    // ...but the records stay admitted until the hop has them too.
+    let text = a.metrics_text().await;
+    assert_eq!(
+        metric_value(&text, "otel_anomaly_queued_records", &[]),
+        Some(200.0)
+    );
+    assert_eq!(a.post_traces(&spans(200, 300)).await.status(), 429);
+
+    let mut cfg_b = base_config(dir_b.path());
+    cfg_b.settings.receiver.grpc.listen = format!("127.0.0.1:{hop_port}").parse().unwrap();
+    let b = Sidecar::start(cfg_b).await;
+    eventually("the hop gets the 200 spans", WAIT, || async {
+        ndjson_docs(dir_b.path(), "traces-").len() == 200
+    })
+    .await;
+    eventually(
+        "permits come back once both outputs settled",
+        WAIT,
+        || async {
+            metric_value(&a.metrics_text().await, "otel_anomaly_queued_records", &[]) == Some(0.0)
+        },
+    )
+    .await;
+    assert_eq!(ndjson_docs(dir_a.path(), "traces-").len(), 200);
+    a.shutdown().await;
+    b.shutdown().await;
+}
