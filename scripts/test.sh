@@ -47,6 +47,9 @@ cargo nextest run --locked --no-fail-fast
 step "helm charts (lint, render, kubernetes schemas, bad values)"
 bash scripts/helm-check.sh
 
+step "rotel (the collector hop of the processor-mode chain test; pinned, into .venv-bench)"
+python3 -c 'import sys; sys.path.insert(0, "benches"); import e2e; print(e2e.ensure_rotel())'
+
 step "end-to-end (pytest)"
 python3 -m pytest tests/e2e -q -p no:cacheprovider
 

@@ -322,6 +322,8 @@ pub struct ExportSettings {
     pub file: FileSettings,
     /// Documents Elasticsearch rejected for good, with the reason (default: `<data_dir>/dead-letter.ndjson`).
     pub dead_letter_path: Option<PathBuf>,
+    /// Processor mode: forward every record, enriched, to a next OTLP hop (see `docs/processor.md`).
+    pub otlp: Option<OtlpExportSettings>,
 }
 
 /// How documents are laid out in Elasticsearch.
@@ -451,6 +453,9 @@ pub struct FileSettings {
     pub dir: Option<PathBuf>,
     /// A file is rotated once it reaches this many bytes.
     pub max_file_bytes: u64,
+    /// Write NDJSON files when no Elasticsearch is configured. Default: yes,
+    /// unless `export.otlp` is set (then the OTLP hop is the only output).
+    pub enabled: Option<bool>,
 }
 
 impl Default for FileSettings {
@@ -458,6 +463,7 @@ impl Default for FileSettings {
         Self {
             dir: None,
             max_file_bytes: 64 << 20,
+            enabled: None,
         }
     }
 }
@@ -530,6 +536,8 @@ pub struct Config {
     pub es_default: Option<EsTarget>,
     /// `export.elasticsearch_targets`, checked, with their credentials.
     pub es_targets: BTreeMap<String, EsTarget>,
+    /// The checked OTLP next hop, when `export.otlp` is set.
+    pub otlp: Option<OtlpTarget>,
 }
 
 /// One checked Elasticsearch target and its credentials.
@@ -692,7 +700,13 @@ pub fn resolve(
         path: PathBuf::from(&source),
         source: err,
     })?;
-    validate(settings, source)
+    let otlp = match &settings.export.otlp {
+        Some(o) => Some(validate_otlp(o, env)?),
+        None => None,
+    };
+    let mut cfg = validate(settings, source)?;
+    cfg.otlp = otlp;
+    Ok(cfg)
 }
 
 pub(crate) fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
@@ -834,6 +848,7 @@ fn validate(settings: Settings, source: String) -> Result<Config, ConfigError> {
         receiver_tokens,
         es_default,
         es_targets,
+        otlp: None,
     })
 }
 
@@ -965,6 +980,397 @@ fn validate_es(
         (None, None, None) => None,
     };
     Ok(credentials)
+}
+
+// ---- export.otlp: processor mode (issue 9) ---------------------------------
+
+/// Transport of the OTLP next hop.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (the collector's `otlp` exporter).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (the collector's `otlphttp` exporter).
+    Http,
+}
+
+/// Compression of requests to the next hop.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpCompression {
+    #[default]
+    Gzip,
+    None,
+}
+
+/// One signal of the OTLP next hop.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpSignalSettings {
+    /// Forward this signal.
+    pub enabled: bool,
+    /// Full URL for this signal (HTTP: including `/v1/<signal>`), instead of `endpoint`.
+    pub endpoint: Option<String>,
+}
+
+impl Default for OtlpSignalSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            endpoint: None,
+        }
+    }
+}
+
+/// Retries towards the next hop (the OTLP spec's retryable answers).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpRetrySettings {
+    /// First retry delay; doubles up to `max_backoff`, with jitter. A server's
+    /// `RetryInfo` / `Retry-After` replaces it when longer.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// A batch still failing after this long is dead-lettered. Connection
+    /// failures (next hop down) are retried without limit: backpressure stops
+    /// intake instead, so nothing is lost while the hop is away.
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Duration,
+}
+
+impl Default for OtlpRetrySettings {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            max_elapsed: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `export.otlp`: the next OTLP hop.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpExportSettings {
+    pub protocol: OtlpProtocol,
+    /// Base URL: gRPC `http(s)://host:4317`; HTTP `http(s)://host:4318` (`/v1/<signal>` is appended).
+    pub endpoint: Option<String>,
+    pub traces: OtlpSignalSettings,
+    pub metrics: OtlpSignalSettings,
+    pub logs: OtlpSignalSettings,
+    pub compression: OtlpCompression,
+    /// Timeout of one export request.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Plain (non-secret) headers sent with every request.
+    pub headers: BTreeMap<String, String>,
+    /// File of `Name: value` lines (secrets), one header a line.
+    pub headers_file: Option<PathBuf>,
+    /// File holding the `Authorization` header value (e.g. `Bearer …`).
+    pub authorization_file: Option<PathBuf>,
+    /// Headers whose values come from environment variables: `{Header-Name: VAR}`.
+    pub headers_from_env: BTreeMap<String, String>,
+    /// PEM CA certificate to trust for TLS (https endpoints).
+    pub ca_file: Option<PathBuf>,
+    /// Scored batches that may wait for this output (its own queue).
+    pub queue_batches: usize,
+    /// Export requests in flight at once.
+    pub max_in_flight: usize,
+    pub retry: OtlpRetrySettings,
+}
+
+impl Default for OtlpExportSettings {
+    fn default() -> Self {
+        Self {
+            protocol: OtlpProtocol::Grpc,
+            endpoint: None,
+            traces: OtlpSignalSettings::default(),
+            metrics: OtlpSignalSettings::default(),
+            logs: OtlpSignalSettings::default(),
+            compression: OtlpCompression::Gzip,
+            timeout: Duration::from_secs(10),
+            headers: BTreeMap::new(),
+            headers_file: None,
+            authorization_file: None,
+            headers_from_env: BTreeMap::new(),
+            ca_file: None,
+            queue_batches: 256,
+            max_in_flight: 4,
+            retry: OtlpRetrySettings::default(),
+        }
+    }
+}
+
+/// The checked OTLP next hop.
+#[derive(Debug, Clone)]
+pub struct OtlpTarget {
+    pub settings: OtlpExportSettings,
+    /// Full URL of each signal (traces, metrics, logs); `None` when not forwarded.
+    pub endpoints: [Option<String>; 3],
+    /// Headers, lowercase names; values may be secrets.
+    pub headers: Vec<(String, Secret)>,
+    /// PEM of `ca_file`.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl OtlpTarget {
+    /// The URL a signal goes to, if it is forwarded.
+    pub fn endpoint(&self, signal: crate::telemetry::Signal) -> Option<&str> {
+        use crate::telemetry::Signal;
+        let i = match signal {
+            Signal::traces => 0,
+            Signal::metrics => 1,
+            Signal::logs => 2,
+        };
+        self.endpoints[i].as_deref()
+    }
+}
+
+fn check_header(key: &str, name: &str, value: &str) -> Result<(), ConfigError> {
+    let ok_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !ok_name {
+        return Err(invalid(key, format!("{name:?} is not a valid header name")));
+    }
+    if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        return Err(invalid(
+            key,
+            format!("the value of header {name} holds control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_otlp(
+    o: &OtlpExportSettings,
+    env: &BTreeMap<String, String>,
+) -> Result<OtlpTarget, ConfigError> {
+    let mut endpoints: [Option<String>; 3] = [None, None, None];
+    for (i, (name, sig)) in [
+        ("traces", &o.traces),
+        ("metrics", &o.metrics),
+        ("logs", &o.logs),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if !sig.enabled {
+            continue;
+        }
+        let url =
+            match (&sig.endpoint, &o.endpoint) {
+                (Some(u), _) => u.clone(),
+                (None, Some(base)) => match o.protocol {
+                    OtlpProtocol::Grpc => base.clone(),
+                    OtlpProtocol::Http => format!("{}/v1/{name}", base.trim_end_matches('/')),
+                },
+                (None, None) => return Err(invalid(
+                    &format!("export.otlp.{name}.endpoint"),
+                    "give export.otlp.endpoint or a per-signal endpoint (or set enabled: false)",
+                )),
+            };
+        let key = format!("export.otlp.{name}.endpoint");
+        let parsed = url::Url::parse(&url).map_err(|e| invalid(&key, format!("{url:?}: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(invalid(
+                &key,
+                format!("{url:?}: must be an http:// or https:// URL with a host"),
+            ));
+        }
+        endpoints[i] = Some(url);
+    }
+    if endpoints.iter().all(Option::is_none) {
+        return Err(invalid("export.otlp", "every signal is disabled"));
+    }
+    if o.queue_batches == 0 || o.max_in_flight == 0 {
+        return Err(invalid(
+            "export.otlp",
+            "queue_batches and max_in_flight must be greater than 0",
+        ));
+    }
+    if o.timeout.is_zero() || o.retry.initial_backoff.is_zero() {
+        return Err(invalid(
+            "export.otlp",
+            "timeout and retry.initial_backoff must be greater than 0",
+        ));
+    }
+    if o.retry.max_backoff < o.retry.initial_backoff {
+        return Err(invalid(
+            "export.otlp.retry.max_backoff",
+            "must be at least retry.initial_backoff",
+        ));
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &o.headers {
+        check_header("export.otlp.headers", name, value)?;
+        if name.eq_ignore_ascii_case("authorization") {
+            return Err(invalid(
+                "export.otlp.headers",
+                "Authorization is a secret: give it in authorization_file, headers_file or headers_from_env",
+            ));
+        }
+        headers.push((name.to_ascii_lowercase(), Secret(value.clone())));
+    }
+    if let Some(path) = &o.headers_file {
+        let key = "export.otlp.headers_file";
+        let text = read_secret(key, path)?;
+        for (n, line) in text.expose().lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((name, value)) = line.split_once(':') else {
+                return Err(invalid(
+                    key,
+                    format!("{} line {}: expected `Name: value`", path.display(), n + 1),
+                ));
+            };
+            let (name, value) = (name.trim(), value.trim());
+            check_header(key, name, value)?;
+            headers.push((name.to_ascii_lowercase(), Secret(value.to_string())));
+        }
+    }
+    if let Some(path) = &o.authorization_file {
+        let value = read_secret("export.otlp.authorization_file", path)?;
+        check_header(
+            "export.otlp.authorization_file",
+            "authorization",
+            value.expose(),
+        )?;
+        headers.push(("authorization".into(), value));
+    }
+    for (name, var) in &o.headers_from_env {
+        let key = "export.otlp.headers_from_env";
+        let Some(value) = env.get(var) else {
+            return Err(invalid(
+                key,
+                format!("environment variable {var} (for header {name}) is not set"),
+            ));
+        };
+        check_header(key, name, value)?;
+        headers.push((name.to_ascii_lowercase(), Secret(value.trim().to_string())));
+    }
+    let ca_pem = match &o.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                invalid(
+                    "export.otlp.ca_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+                return Err(invalid(
+                    "export.otlp.ca_file",
+                    format!("{} is not a PEM certificate", path.display()),
+                ));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    Ok(OtlpTarget {
+        settings: o.clone(),
+        endpoints,
+        headers,
+        ca_pem,
+    })
+}
+
+#[cfg(test)]
+mod otlp_config_tests {
+    use super::*;
+
+    fn resolve_yaml(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        resolve(Some(&path), &env, &FlagOverrides::default())
+    }
+
+    #[test]
+    fn endpoints_per_signal_and_headers_from_files_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let hf = dir.path().join("headers");
+        std::fs::write(&hf, "# tenant\nX-Tenant: acme\n").unwrap();
+        let af = dir.path().join("auth");
+        std::fs::write(&af, "Bearer s3cret\n").unwrap();
+        let yaml = format!(
+            "export:\n  otlp:\n    protocol: http\n    endpoint: http://hop:4318/\n    logs:\n      endpoint: http://other:4318/custom/logs\n    metrics:\n      enabled: false\n    headers: {{x-plain: one}}\n    headers_file: {}\n    authorization_file: {}\n    headers_from_env: {{X-Key: HOP_KEY}}\n",
+            hf.display(),
+            af.display()
+        );
+        let cfg = resolve_yaml(&yaml, &[("HOP_KEY", "k1")]).unwrap();
+        let t = cfg.otlp.unwrap();
+        assert_eq!(
+            t.endpoint(crate::telemetry::Signal::traces),
+            Some("http://hop:4318/v1/traces")
+        );
+        assert_eq!(t.endpoint(crate::telemetry::Signal::metrics), None);
+        assert_eq!(
+            t.endpoint(crate::telemetry::Signal::logs),
+            Some("http://other:4318/custom/logs")
+        );
+        let h: Vec<(&str, &str)> = t
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.expose()))
+            .collect();
+        assert_eq!(
+            h,
+            [
+                ("x-plain", "one"),
+                ("x-tenant", "acme"),
+                ("authorization", "Bearer s3cret"),
+                ("x-key", "k1")
+            ]
+        );
+        // Secrets never show in check-config's output.
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn clear_errors() {
+        let cases = [
+            ("export:\n  otlp: {}\n", "export.otlp.traces.endpoint"),
+            ("export:\n  otlp:\n    endpoint: ftp://x\n", "must be an http:// or https:// URL"),
+            ("export:\n  otlp:\n    endpoint: http://x:1\n    headers: {Authorization: t}\n", "authorization_file"),
+            ("export:\n  otlp:\n    endpoint: http://x:1\n    headers_from_env: {X-K: NOPE}\n", "NOPE"),
+            ("export:\n  otlp:\n    endpoint: http://x:1\n    queue_batches: 0\n", "queue_batches"),
+            ("export:\n  otlp:\n    endpoint: http://x:1\n    ca_file: /nonexistent/ca.pem\n", "export.otlp.ca_file"),
+            ("export:\n  otlp:\n    endpoint: http://x:1\n    traces: {enabled: false}\n    metrics: {enabled: false}\n    logs: {enabled: false}\n", "every signal is disabled"),
+            ("export:\n  otlp:\n    endpoint: http://x:1\n    bogus: 1\n", "bogus"),
+        ];
+        for (yaml, want) in cases {
+            let err = resolve_yaml(yaml, &[]).unwrap_err().to_string();
+            assert!(err.contains(want), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_enables_the_section() {
+        let cfg = resolve_yaml(
+            "environment: dev\n",
+            &[(
+                "OTEL_ANOMALY_EXPORT__OTLP__ENDPOINT",
+                "http://127.0.0.1:4317",
+            )],
+        )
+        .unwrap();
+        let t = cfg.otlp.unwrap();
+        assert_eq!(t.settings.protocol, OtlpProtocol::Grpc);
+        assert_eq!(
+            t.endpoint(crate::telemetry::Signal::logs),
+            Some("http://127.0.0.1:4317")
+        );
+    }
 }
 
 #[cfg(test)]

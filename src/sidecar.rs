@@ -15,7 +15,7 @@ use crate::export::deadletter::DeadLetter;
 use crate::export::elasticsearch::{self, EsExporter};
 use crate::export::file::FileSink;
 use crate::export::{stream_name, Doc};
-use crate::pipeline::process::{worker_loop, Processor};
+use crate::pipeline::process::{worker_loop_outputs, Processor, WorkerOutputs};
 use crate::pipeline::snapshot::{self, Restored};
 use crate::pipeline::{Admission, AnomalyFeed, ExportCtx, Pipeline, Work};
 use crate::receiver::{grpc, http};
@@ -52,6 +52,8 @@ pub enum StartError {
     Model { path: String, reason: String },
     #[error("write-ahead queue (wal.dir, or set wal.enabled: false): {0}")]
     Wal(#[from] crate::export::wal::WalError),
+    #[error(transparent)]
+    Otlp(#[from] crate::export::otlp::OtlpError),
 }
 
 /// Batches that may wait for a scoring worker (records are capped separately by admission).
@@ -156,6 +158,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         None
     };
     let pipeline = Arc::new(pipeline);
+    pipeline.set_keep_wire(cfg.otlp.is_some());
     let ctx = Arc::new(ExportCtx {
         admission: admission.clone(),
         metrics: metrics.clone(),
@@ -171,7 +174,17 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         .as_ref()
         .map(|e| e.dataset.clone())
         .unwrap_or_else(|| "otel".into());
+    // Documents go to Elasticsearch, or to NDJSON files unless the OTLP hop is the only output.
+    let documents_on =
+        s.export.elasticsearch.is_some() || s.export.file.enabled.unwrap_or(cfg.otlp.is_none());
     let exporter: JoinHandle<()> = match &s.export.elasticsearch {
+        None if !documents_on => {
+            health.set_ready();
+            metrics.ready.set(1);
+            tracing::info!("no document output: the otlp next hop is the only output");
+            drop(export_rx);
+            tokio::spawn(async {})
+        }
         Some(es) => {
             let exp = EsExporter::new(&cfg, es)?;
             if !es.setup {
@@ -203,6 +216,38 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             tokio::task::spawn_blocking(move || run_file_sink(sink, export_rx, ctx, &ds, &env))
         }
     };
+
+    // The OTLP next hop (processor mode): its own queue, retries and metrics.
+    let otlp = match &cfg.otlp {
+        Some(target) => {
+            let client = crate::export::otlp::OtlpClient::new(target)?;
+            let otlp_metrics = crate::export::otlp::OtlpMetrics::default();
+            otlp_metrics.register(&mut registry);
+            let (tx, rx) = flume::bounded(target.settings.queue_batches);
+            let ctx = crate::export::otlp::OtlpCtx {
+                metrics: otlp_metrics,
+                dead_letter_path: cfg.dead_letter_path(),
+            };
+            tracing::info!(
+                protocol = ?target.settings.protocol,
+                traces = ?target.endpoint(Signal::traces),
+                metrics = ?target.endpoint(Signal::metrics),
+                logs = ?target.endpoint(Signal::logs),
+                "forwarding enriched records to the next otlp hop"
+            );
+            let on = [Signal::traces, Signal::metrics, Signal::logs]
+                .map(|sig| target.endpoint(sig).is_some());
+            let task = tokio::spawn(crate::export::otlp::run(client, rx, ctx, hard_stop.clone()));
+            Some((tx, on, task))
+        }
+        None => None,
+    };
+    let outputs = WorkerOutputs {
+        documents: documents_on.then_some(export_tx),
+        otlp: otlp.as_ref().map(|(tx, on, _)| (tx.clone(), *on)),
+        admission: admission.clone(),
+    };
+    let otlp_task = otlp.map(|(_, _, task)| task);
 
     // Scoring workers.
     let processor = Arc::new(Processor::new(&s, &dataset, metrics.clone(), feed.clone()));
@@ -252,6 +297,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
             }
         }
     }
+    if !documents_on {
+        processor.without_documents();
+    }
     let n_workers = if s.pipeline.workers == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -261,14 +309,14 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
     };
     let mut workers = Vec::with_capacity(n_workers);
     for i in 0..n_workers {
-        let (rx, tx, p) = (work_rx.clone(), export_tx.clone(), processor.clone());
+        let (rx, out, p) = (work_rx.clone(), outputs.clone(), processor.clone());
         let handle = std::thread::Builder::new()
             .name(format!("score-{i}"))
-            .spawn(move || worker_loop(rx, tx, p))
+            .spawn(move || worker_loop_outputs(rx, out, p))
             .map_err(StartError::Worker)?;
         workers.push(handle);
     }
-    drop((work_rx, export_tx));
+    drop((work_rx, outputs));
 
     // Anomaly events and heartbeats to the aggregator.
     let push_handle = push.as_ref().map(|(handle, _)| handle.clone());
@@ -498,9 +546,22 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Running, 
         // 3. Flush the output within what is left of the deadline.
         let left = deadline.saturating_sub(started.elapsed());
         let mut exporter = exporter;
-        if tokio::time::timeout(left, &mut exporter).await.is_err() {
+        let mut otlp_task = otlp_task;
+        let flushed = async {
+            let _ = (&mut exporter).await;
+            if let Some(t) = otlp_task.as_mut() {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(left, flushed).await.is_err() {
             hard_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), exporter).await;
+            // A task that already finished may have been polled to completion: never await it again.
+            if !exporter.is_finished() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), exporter).await;
+            }
+            if let Some(t) = otlp_task.filter(|t| !t.is_finished()) {
+                let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+            }
         }
         let unsent = admission.queued();
         if unsent > 0 {
@@ -572,21 +633,24 @@ fn run_file_sink(
                                 outcome: crate::telemetry::ExportOutcome::created,
                             })
                             .inc_by(n as u64);
-                        ctx.delivered(docs);
+                        ctx.settle_docs(&docs);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, docs = n, "writing NDJSON output failed; dead-lettering the batch");
                         let entries: Vec<(Doc, String)> = docs
-                            .into_iter()
+                            .iter()
+                            .cloned()
                             .map(|d| (d, format!("file output failed: {e}")))
                             .collect();
                         if let Err(e2) = ctx.dead_letter.write(&entries) {
-                            tracing::error!(error = %e2, docs = n, "dead-letter write failed too; these documents are lost");
-                            ctx.admission.release(n);
+                            tracing::error!(error = %e2, docs = n, "dead-letter write failed too; these documents are lost unless the write-ahead queue replays them at the next start");
+                            for t in docs.iter().filter_map(|d| d.ticket.as_ref()) {
+                                t.keep_queued();
+                            }
                         } else {
                             ctx.metrics.dead_lettered.inc_by(n as u64);
-                            ctx.delivered(entries.into_iter().map(|(d, _)| d));
                         }
+                        ctx.settle_docs(&docs);
                     }
                 }
             }

@@ -24,6 +24,9 @@ const fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
+/// Why a metric point carries no verdict.
+pub const NOT_SCORED_POINT: &str = "first point of a cumulative series or an empty interval";
+
 /// Appends `s` as a JSON string. Runs of plain bytes are copied whole;
 /// only `"`, `\\` and control characters are escaped (as serde_json does).
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
@@ -659,10 +662,7 @@ pub fn encode_point(
         enrich::write_anomaly_json(out, v, &m.name);
     } else {
         out.push(b',');
-        enrich::write_not_scored_json(
-            out,
-            "first point of a cumulative series or an empty interval",
-        );
+        enrich::write_not_scored_json(out, NOT_SCORED_POINT);
     }
     out.push(b'}');
 }

@@ -545,17 +545,17 @@ pub async fn run(
                         consecutive_failures = 0;
                         paused_until = None;
                         let mut dead = Vec::new();
-                        let mut settled = Vec::new();
+                        let mut delivered = Vec::new();
                         let (mut created, mut duplicate, mut retried) = (0u64, 0u64, 0usize);
                         for (mut doc, action) in docs.into_iter().zip(actions) {
                             match action {
                                 ItemAction::Delivered => {
                                     created += 1;
-                                    settled.push(doc);
+                                    delivered.push(doc);
                                 }
                                 ItemAction::Duplicate => {
                                     duplicate += 1;
-                                    settled.push(doc);
+                                    delivered.push(doc);
                                 }
                                 ItemAction::Retry(reason) => {
                                     doc.attempts += 1;
@@ -582,7 +582,7 @@ pub async fn run(
                         if retried > 0 {
                             tracing::debug!(retried, "bulk items will be retried");
                         }
-                        ctx.delivered(settled);
+                        ctx.settle_docs(&delivered);
                         ctx.dead_letter(dead).await;
                     }
                     Err(RequestFailure::Retry(reason)) => {

@@ -3,13 +3,16 @@
 //! and the dead-letter file.
 
 pub mod bulk;
+pub mod completion;
 pub mod deadletter;
 pub mod document;
 pub mod elasticsearch;
 pub mod file;
+pub mod otlp;
 pub mod wal;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -25,9 +28,9 @@ pub struct Doc {
     pub source: Bytes,
     /// Retryable failures so far.
     pub attempts: u32,
-    /// Settled when this document is delivered or dead-lettered (its request
-    /// is in the write-ahead queue until then); `None` without the WAL.
-    pub delivery: Option<crate::export::wal::Delivery>,
+    /// The batch this document's record belongs to (settled when delivered);
+    /// `None`: the record's permit is released directly.
+    pub ticket: Option<Arc<completion::Ticket>>,
 }
 
 impl Doc {
@@ -38,7 +41,7 @@ impl Doc {
             id,
             source: source.into(),
             attempts: 0,
-            delivery: None,
+            ticket: None,
         }
     }
 }

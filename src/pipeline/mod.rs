@@ -44,12 +44,16 @@ impl Payload {
     }
 }
 
-/// A request on its way to a scoring worker, with its delivery token when
-/// it is held in the write-ahead queue.
+/// A request on its way to a scoring worker.
 #[derive(Debug)]
 pub struct Work {
     pub payload: Payload,
+    /// The request's token in the write-ahead queue, when it is held there.
     pub delivery: Option<crate::export::wal::Delivery>,
+    /// The request's own protobuf bytes (uncompressed), when it arrived as
+    /// protobuf and validation removed nothing: the OTLP output splices the
+    /// anomaly attributes into them, so fields prost does not know survive.
+    pub wire: Option<bytes::Bytes>,
 }
 
 impl From<Payload> for Work {
@@ -57,6 +61,7 @@ impl From<Payload> for Work {
         Self {
             payload,
             delivery: None,
+            wire: None,
         }
     }
 }
@@ -189,18 +194,11 @@ pub struct ExportCtx {
 }
 
 impl ExportCtx {
-    /// Documents the output has delivered (or found already stored):
-    /// releases their permits and settles their delivery tokens. The hook
-    /// every output calls.
-    pub fn delivered(&self, docs: impl IntoIterator<Item = Doc>) {
-        let mut n = 0;
-        for d in docs {
-            n += 1;
-            if let Some(t) = &d.delivery {
-                t.done();
-            }
-        }
-        self.admission.release(n);
+    /// The document output delivered or dead-lettered `docs`: settles their
+    /// records (see [`crate::export::completion`], the one place where a
+    /// record's completion is decided).
+    pub fn settle_docs<'a>(&self, docs: impl IntoIterator<Item = &'a Doc>) {
+        settle_docs(&self.admission, docs);
     }
 
     /// Writes documents to the dead-letter file and releases their permits.
@@ -213,28 +211,64 @@ impl ExportCtx {
             tracing::warn!(signal = doc.signal.as_str(), id = %doc.id, reason = %reason, "document rejected by the output; dead-lettered");
         }
         let dl = DeadLetter::new(self.dead_letter.path());
-        let written =
-            tokio::task::spawn_blocking(move || dl.write(&entries).map(|()| entries)).await;
-        match written {
-            Ok(Ok(entries)) => {
+        let tickets: Vec<Option<Arc<crate::export::completion::Ticket>>> =
+            entries.iter().map(|(d, _)| d.ticket.clone()).collect();
+        let written = tokio::task::spawn_blocking(move || dl.write(&entries)).await;
+        let lost = match written {
+            Ok(Ok(())) => {
                 self.metrics.dead_lettered.inc_by(n as u64);
-                // Settled only once written: a document whose dead letter is
-                // lost stays in the write-ahead queue and comes back at restart.
-                for (d, _) in &entries {
-                    if let Some(t) = &d.delivery {
-                        t.done();
-                    }
-                }
+                false
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, path = %self.dead_letter.path().display(), docs = n, "writing the dead-letter file failed; these documents are lost unless the write-ahead queue replays them at the next start")
+                tracing::error!(error = %e, path = %self.dead_letter.path().display(), docs = n, "writing the dead-letter file failed; these documents are lost unless the write-ahead queue replays them at the next start");
+                true
             }
             Err(e) => {
-                tracing::error!(error = %e, docs = n, "dead-letter task failed; these documents are lost")
+                tracing::error!(error = %e, docs = n, "dead-letter task failed; these documents are lost unless the write-ahead queue replays them at the next start");
+                true
+            }
+        };
+        if lost {
+            // Their requests stay in the write-ahead queue and come back at restart.
+            for t in tickets.iter().flatten() {
+                t.keep_queued();
             }
         }
-        self.admission.release(n);
+        settle_tickets(&self.admission, tickets.iter().map(Option::as_ref));
     }
+}
+
+/// Settles the records of `docs` for the document output.
+pub fn settle_docs<'a>(admission: &Admission, docs: impl IntoIterator<Item = &'a Doc>) {
+    settle_tickets(admission, docs.into_iter().map(|d| d.ticket.as_ref()));
+}
+
+/// Settles one record per entry for the document output: consecutive
+/// records of one batch together; records without a ticket release their
+/// permit directly.
+fn settle_tickets<'a>(
+    admission: &Admission,
+    tickets: impl IntoIterator<Item = Option<&'a Arc<crate::export::completion::Ticket>>>,
+) {
+    use crate::export::completion::Output;
+    let mut run: Option<(&Arc<crate::export::completion::Ticket>, usize)> = None;
+    let mut direct = 0usize;
+    for t in tickets {
+        match (t, run.as_mut()) {
+            (None, _) => direct += 1,
+            (Some(t), Some((cur, n))) if Arc::ptr_eq(t, cur) => *n += 1,
+            (Some(t), _) => {
+                if let Some((cur, n)) = run.take() {
+                    cur.settle(Output::Documents, n);
+                }
+                run = Some((t, 1));
+            }
+        }
+    }
+    if let Some((cur, n)) = run {
+        cur.settle(Output::Documents, n);
+    }
+    admission.release(direct);
 }
 
 /// A notable anomaly, kept for the demo and the logs.
@@ -332,6 +366,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// The write-ahead queue, when `wal.enabled`.
     wal: Option<Arc<crate::export::wal::intake::Intake>>,
+    keep_wire: std::sync::atomic::AtomicBool,
 }
 
 impl Pipeline {
@@ -342,6 +377,7 @@ impl Pipeline {
             tx: RwLock::new(Some(tx)),
             metrics,
             wal: None,
+            keep_wire: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -351,20 +387,55 @@ impl Pipeline {
         self
     }
 
+    /// Receivers keep each protobuf request's bytes (processor mode).
+    pub fn set_keep_wire(&self, keep: bool) {
+        self.keep_wire
+            .store(keep, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether receivers should keep each protobuf request's bytes.
+    pub fn keeps_wire(&self) -> bool {
+        self.keep_wire.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Accepts a request of `records` records, or refuses it. With the
     /// write-ahead queue, returns once the request is durable in it.
     pub async fn accept(&self, payload: Payload, records: usize) -> Result<(), Refusal> {
+        self.accept_wire(payload, records, None).await
+    }
+
+    /// [`Pipeline::accept`] for a request with its own protobuf bytes (see [`Work::wire`]).
+    pub async fn accept_wire(
+        &self,
+        payload: Payload,
+        records: usize,
+        wire: Option<bytes::Bytes>,
+    ) -> Result<(), Refusal> {
         match &self.wal {
-            Some(w) if records > 0 => w.accept(self, payload, records).await,
-            _ => self.submit(payload, records),
+            Some(w) if records > 0 => w.accept(self, payload, records, wire).await,
+            _ => self.submit_wire(payload, records, wire),
         }
     }
 
     /// Accepts a request of `records` records into memory, or refuses it at once.
     pub fn submit(&self, payload: Payload, records: usize) -> Result<(), Refusal> {
+        self.submit_wire(payload, records, None)
+    }
+
+    /// [`Pipeline::submit`] for a request with its own protobuf bytes.
+    pub fn submit_wire(
+        &self,
+        payload: Payload,
+        records: usize,
+        wire: Option<bytes::Bytes>,
+    ) -> Result<(), Refusal> {
         let signal = payload.signal();
-        self.try_enqueue(payload.into(), records)
-            .map_err(|(_, r)| r)?;
+        let work = Work {
+            payload,
+            delivery: None,
+            wire,
+        };
+        self.try_enqueue(work, records).map_err(|(_, r)| r)?;
         self.count_received(signal, records);
         Ok(())
     }

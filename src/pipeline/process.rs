@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
-use super::{AnomalyFeed, AnomalyNote, Payload};
+use super::{AnomalyFeed, AnomalyNote, Payload, Work};
 use crate::config::Settings;
 use crate::detect::interval::{AnomalyEvent, EventStatus};
 use crate::detect::keys::{key_hash, KeyHash, MapSnapshot};
@@ -28,6 +28,7 @@ use crate::export::document::{
 };
 use crate::export::{Doc, DocBatch};
 use crate::telemetry::{EventLabels, Metrics, Signal, SignalLabels};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 
 /// Detector state is split into shards by key hash so workers rarely contend.
 const SHARDS: usize = 16;
@@ -254,6 +255,10 @@ pub struct Processor {
     metrics: Arc<Metrics>,
     feed: Arc<AnomalyFeed>,
     traces_listener: std::sync::OnceLock<TracesListener>,
+    /// Span keys with an open anomaly event, and the event's id (for `anomaly.event_id`).
+    open_events: Mutex<std::collections::HashMap<KeyHash, u64>>,
+    /// Encode documents (off when the OTLP hop is the only output).
+    documents: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Processor {
@@ -297,7 +302,20 @@ impl Processor {
             metrics,
             feed,
             traces_listener: std::sync::OnceLock::new(),
+            open_events: Mutex::new(std::collections::HashMap::new()),
+            documents: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// Stops encoding documents: no output takes them (processor mode with
+    /// the OTLP hop as the only output). Records are still scored.
+    pub fn without_documents(&self) {
+        self.documents
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn documents(&self) -> bool {
+        self.documents.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sets the listener that sees each traces request (once; later calls are ignored).
@@ -333,26 +351,48 @@ impl Processor {
 
     /// Scores and encodes one request.
     pub fn process(&self, payload: Payload) -> Vec<Doc> {
+        self.process_enriching(payload, None)
+    }
+
+    /// Scores and encodes one request; with `adds`, also collects the
+    /// `anomaly.*` attributes of each record, in wire order (the OTLP output).
+    pub fn process_enriching(
+        &self,
+        payload: Payload,
+        mut adds: Option<&mut Vec<Vec<KeyValue>>>,
+    ) -> Vec<Doc> {
         let started = Instant::now();
         let signal = payload.signal();
+        let before = adds.as_deref().map_or(0, Vec::len);
         let docs = match payload {
-            Payload::Traces(req) => self.traces(req),
-            Payload::Metrics(req) => self.metric_points(req),
-            Payload::Logs(req) => self.logs(req),
+            Payload::Traces(req) => self.traces(req, adds.as_deref_mut()),
+            Payload::Metrics(req) => self.metric_points(req, adds.as_deref_mut()),
+            Payload::Logs(req) => self.logs(req, adds.as_deref_mut()),
+        };
+        let scored = match self.documents() {
+            true => docs.len(),
+            false => adds.as_deref().map_or(0, Vec::len) - before,
         };
         self.metrics
             .scored
             .get_or_create(&SignalLabels { signal })
-            .inc_by(docs.len() as u64);
+            .inc_by(scored as u64);
         self.metrics
             .scoring_seconds
             .inc_by(started.elapsed().as_secs_f64());
         docs
     }
 
+    /// The id of the open anomaly event of a span key, if any.
+    fn open_event(&self, key: KeyHash) -> Option<u64> {
+        let open = self.open_events.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(&key).copied()
+    }
+
     fn traces(
         &self,
         req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        mut adds: Option<&mut Vec<Vec<KeyValue>>>,
     ) -> Vec<Doc> {
         if let Some(listener) = self.traces_listener.get() {
             listener(&req);
@@ -383,10 +423,16 @@ impl Processor {
                     };
                     let verdict = self.detectors.span(&obs, &mut events);
                     self.note(Signal::traces, service, &s.name, &verdict);
-                    let id = hex_concat(&[&s.trace_id, &s.span_id]);
-                    docs.push(Signal::traces, id, |out| {
-                        encode_span(out, s, &shared, &self.data_stream, &verdict, &s.name)
-                    });
+                    if let Some(adds) = adds.as_deref_mut() {
+                        let event = self.open_event(obs.key());
+                        adds.push(crate::export::otlp::attributes_of(&verdict, &s.name, event));
+                    }
+                    if self.documents() {
+                        let id = hex_concat(&[&s.trace_id, &s.span_id]);
+                        docs.push(Signal::traces, id, |out| {
+                            encode_span(out, s, &shared, &self.data_stream, &verdict, &s.name)
+                        });
+                    }
                 }
             }
         }
@@ -402,6 +448,24 @@ impl Processor {
     }
 
     fn publish(&self, events: Vec<AnomalyEvent>) {
+        if !events.is_empty() {
+            let mut open = self.open_events.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &events {
+                let key = key_hash(&[
+                    e.service.as_bytes(),
+                    e.name.as_bytes(),
+                    &e.kind.to_le_bytes(),
+                ]);
+                match e.status {
+                    EventStatus::Closed => {
+                        open.remove(&key);
+                    }
+                    EventStatus::Opened | EventStatus::Updated => {
+                        open.insert(key, e.id);
+                    }
+                }
+            }
+        }
         for e in events {
             self.metrics
                 .events
@@ -439,6 +503,7 @@ impl Processor {
     fn metric_points(
         &self,
         req: opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+        mut adds: Option<&mut Vec<Vec<KeyValue>>>,
     ) -> Vec<Doc> {
         let mut docs = DocBatch::with_capacity(0, DOC_BYTES);
         let mut attrs_json = Vec::with_capacity(128);
@@ -522,6 +587,17 @@ impl Processor {
                         if let Some(v) = &verdict {
                             self.note(Signal::metrics, service, &m.name, v);
                         }
+                        if let Some(adds) = adds.as_deref_mut() {
+                            adds.push(match &verdict {
+                                Some(v) => crate::export::otlp::attributes_of(v, &m.name, None),
+                                None => crate::export::otlp::not_scored_attributes(
+                                    crate::export::document::NOT_SCORED_POINT,
+                                ),
+                            });
+                        }
+                        if !self.documents() {
+                            continue;
+                        }
                         let (start, time) = p.times();
                         let id = id128(&[
                             &series.to_le_bytes(),
@@ -544,6 +620,7 @@ impl Processor {
     fn logs(
         &self,
         req: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
+        mut adds: Option<&mut Vec<Vec<KeyValue>>>,
     ) -> Vec<Doc> {
         let mut docs = DocBatch::with_capacity(0, DOC_BYTES);
         let mut encoded = Vec::with_capacity(256);
@@ -563,6 +640,12 @@ impl Processor {
                         .unwrap_or_else(now_ns);
                     let verdict = self.detectors.log(service, time_ns, r.severity_number);
                     self.note(Signal::logs, service, service, &verdict);
+                    if let Some(adds) = adds.as_deref_mut() {
+                        adds.push(crate::export::otlp::attributes_of(&verdict, service, None));
+                    }
+                    if !self.documents() {
+                        continue;
+                    }
                     encoded.clear();
                     // Encoding a prost message into a Vec cannot fail.
                     let _ = r.encode(&mut encoded);
@@ -601,28 +684,168 @@ fn number(v: Option<number_data_point::Value>) -> f64 {
     }
 }
 
-/// Runs a scoring worker until the input closes.
-pub fn worker_loop(
-    input: flume::Receiver<super::Work>,
-    output: flume::Sender<Vec<Doc>>,
+/// Where a scoring worker sends its output.
+#[derive(Debug, Clone)]
+pub struct WorkerOutputs {
+    /// The document output (Elasticsearch or NDJSON), when configured.
+    pub documents: Option<flume::Sender<Vec<Doc>>>,
+    /// The OTLP output and the signals it forwards (traces, metrics, logs).
+    pub otlp: Option<(flume::Sender<crate::export::otlp::OtlpBatch>, [bool; 3])>,
+    pub admission: Arc<super::Admission>,
+}
+
+impl WorkerOutputs {
+    fn otlp_for(&self, signal: Signal) -> Option<&flume::Sender<crate::export::otlp::OtlpBatch>> {
+        let i = match signal {
+            Signal::traces => 0,
+            Signal::metrics => 1,
+            Signal::logs => 2,
+        };
+        self.otlp.as_ref().filter(|(_, on)| on[i]).map(|(tx, _)| tx)
+    }
+}
+
+/// Records of a decoded request, in wire order.
+fn records_of(payload: &Payload) -> usize {
+    match payload {
+        Payload::Traces(r) => r
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum(),
+        Payload::Metrics(r) => r
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .map(|m| match &m.data {
+                Some(metric::Data::Gauge(g)) => g.data_points.len(),
+                Some(metric::Data::Sum(g)) => g.data_points.len(),
+                Some(metric::Data::Histogram(g)) => g.data_points.len(),
+                Some(metric::Data::ExponentialHistogram(g)) => g.data_points.len(),
+                Some(metric::Data::Summary(g)) => g.data_points.len(),
+                None => 0,
+            })
+            .sum(),
+        Payload::Logs(r) => r
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum(),
+    }
+}
+
+fn encode_payload(payload: &Payload) -> Vec<u8> {
+    match payload {
+        Payload::Traces(r) => r.encode_to_vec(),
+        Payload::Metrics(r) => r.encode_to_vec(),
+        Payload::Logs(r) => r.encode_to_vec(),
+    }
+}
+
+/// The protobuf the OTLP output starts from: the sender's bytes when they
+/// hold exactly the records that were decoded, else the decoded request
+/// encoded again (JSON input, records removed by validation, or a request
+/// whose bytes prost read differently, e.g. a repeated oneof).
+fn base_wire(work: &Work) -> bytes::Bytes {
+    let signal = work.payload.signal();
+    if let Some(wire) = &work.wire {
+        match crate::export::otlp::wire::count_records(signal, wire) {
+            Ok(n) if n == records_of(&work.payload) => return wire.clone(),
+            Ok(n) => tracing::debug!(
+                on_wire = n,
+                "request bytes differ from the decoded request; forwarding it re-encoded"
+            ),
+            Err(e) => {
+                tracing::debug!(error = %e, "request bytes not walkable; forwarding it re-encoded")
+            }
+        }
+    }
+    bytes::Bytes::from(encode_payload(&work.payload))
+}
+
+/// Scores one request and hands it to every configured output.
+fn score_and_route(work: Work, outputs: &WorkerOutputs, processor: &Processor) -> Result<(), ()> {
+    use crate::export::completion::{Outputs, Ticket};
+    let signal = work.payload.signal();
+    let otlp = outputs.otlp_for(signal);
+    let wire = otlp.map(|_| base_wire(&work));
+    let records = records_of(&work.payload);
+    // The write-ahead queue's token is settled once, by the ticket, when
+    // every output has settled every record.
+    let delivery = work.delivery.clone();
+    if let Some(d) = &delivery {
+        d.expect(usize::from(records > 0));
+    }
+    if records == 0 {
+        return Ok(());
+    }
+    let mut adds = Vec::new();
+    let mut docs = processor.process_enriching(work.payload, otlp.map(|_| &mut adds));
+    debug_assert!(docs.len() == records || outputs.documents.is_none());
+    let ticket = Ticket::with_delivery(
+        records,
+        Outputs {
+            documents: outputs.documents.is_some(),
+            otlp: otlp.is_some(),
+        },
+        outputs.admission.clone(),
+        delivery,
+    );
+    if let (Some(tx), Some(wire)) = (otlp, wire) {
+        let body = match crate::export::otlp::wire::enrich(signal, &wire, &adds) {
+            Ok(b) => bytes::Bytes::from(b),
+            Err(e) => {
+                // Cannot happen for bytes that base_wire checked; keep the data all the same.
+                tracing::error!(error = %e, "enriching the request bytes failed; forwarding it without anomaly attributes");
+                wire
+            }
+        };
+        let batch = crate::export::otlp::OtlpBatch {
+            signal,
+            body,
+            records,
+            ticket: ticket.clone(),
+        };
+        if tx.send(batch).is_err() {
+            tracing::error!("otlp output stopped before the scoring workers; this batch is lost");
+            return Err(());
+        }
+    }
+    match &outputs.documents {
+        Some(tx) => {
+            for d in &mut docs {
+                d.ticket = Some(ticket.clone());
+            }
+            if tx.send(docs).is_err() {
+                tracing::error!(
+                    "exporter stopped before the scoring workers; documents of this batch are lost"
+                );
+                return Err(());
+            }
+        }
+        None if otlp.is_none() => {
+            // No output takes this signal (export.otlp.<signal>.enabled: false, no document output).
+            outputs.admission.release(records);
+            if let Some(d) = &ticket.delivery() {
+                d.done();
+            }
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Runs a scoring worker that feeds every configured output, until the input closes.
+pub fn worker_loop_outputs(
+    input: flume::Receiver<Work>,
+    outputs: WorkerOutputs,
     processor: Arc<Processor>,
 ) {
     while let Ok(work) = input.recv() {
-        let mut docs = processor.process(work.payload);
-        if let Some(delivery) = work.delivery {
-            // Every document carries the token; the request is settled when the last one is.
-            for d in &mut docs {
-                d.delivery = Some(delivery.clone());
-            }
-            delivery.expect(docs.len());
-        }
-        if docs.is_empty() {
-            continue;
-        }
-        if output.send(docs).is_err() {
-            tracing::error!(
-                "exporter stopped before the scoring workers; documents of this batch are lost"
-            );
+        if score_and_route(work, &outputs, &processor).is_err() {
             break;
         }
     }

@@ -58,12 +58,22 @@ impl GrpcReceiver {
     }
 
     async fn submit(&self, payload: Payload, checked: &validate::Checked) -> Result<(), Status> {
+        self.submit_with_wire(payload, checked, None).await
+    }
+
+    /// Submits a request with its own protobuf bytes (processor mode, `grpc_raw`).
+    pub(crate) async fn submit_with_wire(
+        &self,
+        payload: Payload,
+        checked: &validate::Checked,
+        wire: Option<bytes::Bytes>,
+    ) -> Result<(), Status> {
         let signal = payload.signal();
         if checked.rejected > 0 {
             self.count_rejected(signal, RejectReason::invalid_record, checked.rejected);
         }
         self.pipeline
-            .accept(payload, checked.accepted)
+            .accept_wire(payload, checked.accepted, wire)
             .await
             .map_err(|r| {
                 let reason = match r {
@@ -181,23 +191,34 @@ pub async fn serve_with(
     security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let traces = TraceServiceServer::new(receiver.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message_bytes);
-    let metrics = MetricsServiceServer::new(receiver.clone())
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message_bytes);
-    let logs = LogsServiceServer::new(receiver)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message_bytes);
-    let router = tonic::transport::Server::builder()
-        .layer(super::auth::grpc_layer(security.auth))
-        .add_service(traces)
-        .add_service(metrics)
-        .add_service(logs);
+    let mut builder =
+        tonic::transport::Server::builder().layer(super::auth::grpc_layer(security.auth));
+    let router = if receiver.pipeline.keeps_wire() {
+        // Processor mode: services that keep each request's bytes (see grpc_raw).
+        use super::grpc_raw::{Logs, Metrics, Server, Traces};
+        let max = max_message_bytes;
+        builder
+            .add_service(Server::<Traces>::new(receiver.clone(), max))
+            .add_service(Server::<Metrics>::new(receiver.clone(), max))
+            .add_service(Server::<Logs>::new(receiver, max))
+    } else {
+        let traces = TraceServiceServer::new(receiver.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(max_message_bytes);
+        let metrics = MetricsServiceServer::new(receiver.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(max_message_bytes);
+        let logs = LogsServiceServer::new(receiver)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(max_message_bytes);
+        builder
+            .add_service(traces)
+            .add_service(metrics)
+            .add_service(logs)
+    };
     match security.tls {
         None => {
             let incoming =

@@ -285,9 +285,12 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
         .map(str::to_string);
     // Decide on the bytes actually read, not on Content-Length (absent when chunked).
     let small = raw.len() <= INLINE_DECODE_BYTES;
-    let work = move || -> Result<T, DecodeError> {
+    // Processor mode forwards the request's own bytes (see `Work::wire`).
+    let keep_wire = format == Format::Protobuf && state.pipeline.keeps_wire();
+    let work = move || -> Result<(T, Option<bytes::Bytes>), DecodeError> {
         let body = decompress(raw, encoding.as_deref(), limits.max_decompressed_bytes)?;
-        decode::<T>(&body, format)
+        let req = decode::<T>(&body, format)?;
+        Ok((req, keep_wire.then(|| bytes::Bytes::copy_from_slice(&body))))
     };
     let decoded = if small {
         work()
@@ -297,7 +300,7 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
             Err(e) => Err(DecodeError::Protobuf(format!("decoder failed: {e}"))),
         }
     };
-    let mut req = match decoded {
+    let (mut req, wire) = match decoded {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -305,9 +308,11 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
     if checked.rejected > 0 {
         reject(RejectReason::invalid_record, checked.rejected);
     }
+    // Records removed by validation are still in the bytes: forward the decoded request then.
+    let wire = wire.filter(|_| checked.rejected == 0);
     if let Err(r) = state
         .pipeline
-        .accept(req.into_payload(), checked.accepted)
+        .accept_wire(req.into_payload(), checked.accepted, wire)
         .await
     {
         let (status, reason, retry) = match r {

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod decode;
 pub mod grpc;
+pub mod grpc_raw;
 pub mod http;
 
 use std::time::Duration;

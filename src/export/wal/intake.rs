@@ -74,6 +74,7 @@ impl Intake {
         pipeline: &Pipeline,
         payload: Payload,
         records: usize,
+        wire: Option<bytes::Bytes>,
     ) -> Result<(), Refusal> {
         let capacity = pipeline.admission().capacity();
         if records > capacity {
@@ -90,11 +91,11 @@ impl Intake {
             })
             .await
             .map_err(|_| Refusal::ShuttingDown)?;
-            return self.finish(pipeline, p, records, signal, rec).await;
+            return self.finish(pipeline, p, records, signal, rec, wire).await;
         } else {
             encode_payload(&payload, records as u32)
         };
-        self.finish(pipeline, payload, records, signal, record)
+        self.finish(pipeline, payload, records, signal, record, wire)
             .await
     }
 
@@ -105,6 +106,7 @@ impl Intake {
         records: usize,
         signal: Signal,
         record: Vec<u8>,
+        wire: Option<bytes::Bytes>,
     ) -> Result<(), Refusal> {
         let appended = self.wal.append(&record).await.map_err(|e| refusal(&e))?;
         drop(record);
@@ -114,6 +116,7 @@ impl Intake {
             let work = Work {
                 payload,
                 delivery: Some(appended.delivery.clone()),
+                wire,
             };
             if pipeline.try_enqueue(work, records).is_ok() {
                 return Ok(());
@@ -166,9 +169,11 @@ impl Intake {
                         pipeline.admission().release(admitted);
                         return;
                     };
+                    // Read back from disk: the OTLP output re-encodes it.
                     let work = Work {
                         payload,
                         delivery: Some(item.delivery.clone()),
+                        wire: None,
                     };
                     if tx.send_async(work).await.is_err() {
                         pipeline.admission().release(admitted);
