@@ -19,7 +19,7 @@ PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p
 noida-db start --only elasticsearch --elasticsearch-port "$PORT" --host 127.0.0.1 \
   --data-dir "$WORK/noida" >"$WORK/noida.log" 2>&1 &
 NOIDA=$!
-trap 'kill "$NOIDA" 2>/dev/null; wait "$NOIDA" 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill "$NOIDA" 2>/dev/null; wait "$NOIDA" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 URL="http://127.0.0.1:$PORT"
 for _ in $(seq 1 600); do
   curl -fsS "$URL/" >/dev/null 2>&1 && break

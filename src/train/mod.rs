@@ -159,6 +159,8 @@ pub struct Summary {
     pub missing: Vec<String>,
     /// Wall time of the whole run.
     pub wall: Duration,
+    /// Of which: checking mappings and opening the points in time (or nothing, for scrolls).
+    pub opening: Duration,
     /// Time spent in the detectors.
     pub scoring: Duration,
     /// Time the scorer waited for pages (reading not hidden behind scoring).
@@ -179,13 +181,14 @@ impl std::fmt::Display for Summary {
         let secs = self.wall.as_secs_f64().max(1e-9);
         write!(
             f,
-            "read {} documents ({} spans, {} metric points, {} logs) in {:.1} s ({:.0} documents/s; scoring {:.1} s, waiting for pages {:.1} s); {} in excluded windows, {} judged anomalous by the detectors, {} skipped as unreadable",
+            "read {} documents ({} spans, {} metric points, {} logs) in {:.1} s ({:.0} documents/s; opening the searches {:.1} s, scoring {:.1} s, waiting for pages {:.1} s); {} in excluded windows, {} judged anomalous by the detectors, {} skipped as unreadable",
             self.total(),
             self.read[0],
             self.read[1],
             self.read[2],
             secs,
             self.total() as f64 / secs,
+            self.opening.as_secs_f64(),
             self.scoring.as_secs_f64(),
             self.waiting.as_secs_f64(),
             self.excluded,
@@ -287,6 +290,7 @@ pub async fn run(
             skipped
         }));
     }
+    summary.opening = started.elapsed();
     let progress = if job.progress {
         ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
     } else {
