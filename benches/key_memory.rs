@@ -14,6 +14,9 @@ use otel_anomaly::detect::span::{SpanDetector, SpanObs, SpanParams};
 const KEYS: usize = 100_000;
 /// Records per key: past the default cold start (50), with spread-out durations.
 const PER_KEY: usize = 60;
+/// Points per metric series: past the default baseline window (200 points),
+/// so that every series holds its full window, profiles and tail.
+const PER_SERIES: usize = 210;
 
 fn rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -79,14 +82,15 @@ fn series() -> MetricDetector {
     let keys: Vec<u64> = (0..KEYS as u64)
         .map(|i| key_hash(&[b"http.server.request.duration", &i.to_le_bytes()]))
         .collect();
-    for round in 0..PER_KEY {
+    for round in 0..PER_SERIES {
         let t = 1_700_000_000_000_000_000 + round as u64 * 10_000_000_000;
         for (i, k) in keys.iter().enumerate() {
             black_box(det.observe(*k, t, PointValue::Gauge(((round * 31 + i) % 97) as f64)));
         }
     }
     let after = rss_kib().unwrap_or(0);
-    report("metric series", before, after, None);
+    let own: usize = det.states().map(|s| s.memory_bytes()).sum();
+    report("metric series", before, after, Some(own / KEYS));
     assert_eq!(det.series(), KEYS);
     det
 }

@@ -461,9 +461,9 @@ mod tests {
             .map(|p| (p.profile.name.clone(), p.normalized))
             .collect();
         let floor = |name: &str| match name {
-            "standard" => 60.0,
-            "reward_low_FP_rate" => 45.5,
-            "reward_low_FN_rate" => 66.5,
+            "standard" => 62.0,
+            "reward_low_FP_rate" => 49.5,
+            "reward_low_FN_rate" => 68.3,
             other => panic!("unexpected profile {other}"),
         };
         assert_eq!(got.len(), 3, "{got:?}");

@@ -6,6 +6,13 @@
 //!   with a spread floor of a tenth of the series' long-run magnitude;
 //! * a daily profile (15-min time-of-day bins), used once two days of history
 //!   exist and only while it explains the data (shrinks the spread by 30%);
+//! * a weekly profile (half-hour-of-week bins), used instead of the daily one
+//!   once two weeks of history exist and while its running error over about
+//!   a week is the smaller (weekday/weekend patterns);
+//! * recurring deviations: per time of day, the largest deviation of each
+//!   of the last days; one that was notable at about this time on both of
+//!   the last two days (a nightly job) becomes the unit deviations are
+//!   measured in at this time of day, so it is not alerted every night;
 //! * level-shift adaptation: when most of the last few points were anomalous
 //!   on the same side, the baseline is replaced by them, so a new normal is
 //!   alerted once and then learned;
@@ -45,6 +52,12 @@ const SCALE_SPREAD_FLOOR: f64 = 0.1;
 const DAY_BINS: usize = 96;
 /// History needed before the daily profile is used: two full days.
 const SEASON_MIN_HISTORY_NS: u64 = 2 * 86_400 * 1_000_000_000;
+/// Half-hour-of-week bins of the weekly profile.
+const WEEK_BINS: usize = 336;
+/// History needed before the weekly profile is used: two full weeks.
+const WEEK_MIN_HISTORY_NS: u64 = 14 * 86_400 * 1_000_000_000;
+/// Effective memory of a weekly bin, in points (one visit at 5-min sampling).
+const WEEK_MEMORY: u8 = 6;
 /// Points a bin needs before its offset is used.
 const SEASON_MIN_PER_BIN: u8 = 2;
 /// Effective memory of a bin, in visits (about days at 15-min sampling or slower).
@@ -62,8 +75,15 @@ const PEAK_Z: f64 = 2.0;
 const MAX_PEAKS: usize = 64;
 /// Peaks needed before the tail fit replaces the normal tail.
 const MIN_PEAKS: usize = 8;
-/// Raw likelihood input per unit of surprise beyond `POINT_ANOMALY_SURPRISE`
-/// (a 1-in-10^6 point gives 0.63, near the 1 of an unpredicted HTM input).
+/// Surprise from which a point feeds the likelihood layer: 1 in 100, so
+/// that a rising rate of moderately unusual points (more spikes than usual)
+/// registers before any one of them is an anomaly.
+const RAW_FROM_SURPRISE: f64 = 2.0;
+/// Surprise a recurring deviation must have had to be treated as routine at
+/// its time of day (1 in 100: notable, not noise).
+const RECURRING_SURPRISE: f64 = 2.0;
+/// Raw likelihood input per unit of surprise beyond `RAW_FROM_SURPRISE`
+/// (a 1-in-10^5 point gives 0.63, near the 1 of an unpredicted HTM input).
 const RAW_SURPRISE_SCALE: f64 = 3.0;
 /// Score that opens an incident for dedup: the lower edge of the Minor band,
 /// so that the first notable point of an incident is the one reported.
@@ -85,6 +105,9 @@ pub struct MetricParams {
     /// Long-run memory, in points, of the anomaly likelihood, the tail model
     /// and the series' magnitude.
     pub long_memory: u64,
+    /// Learn a day-of-week profile (hour-of-week bins), used once two weeks
+    /// of history exist.
+    pub weekly: bool,
 }
 
 impl Default for MetricParams {
@@ -97,6 +120,7 @@ impl Default for MetricParams {
             dedup_points: 100,
             // About 3.5 days at a 5-min interval.
             long_memory: 1000,
+            weekly: true,
         }
     }
 }
@@ -197,12 +221,20 @@ pub struct SeriesState {
     base_phase: Vec<u16>,
     base_next: u32,
     seasonal: Seasonal,
+    /// Hour-of-week profile, used instead of the daily one once it has two
+    /// weeks of history and predicts better.
+    weekly: Seasonal,
+    /// Running mean absolute error of the daily and the weekly profile.
+    day_err: f32,
+    week_err: f32,
     /// The last `SHIFT_POINTS` values, their time-of-day bins, and on which
     /// side of the baseline they were anomalous (+1, −1; 0 when normal).
     recent: Vec<(f64, u16, i8)>,
     recent_next: u8,
     likelihood: Likelihood,
     tail: PeakTail,
+    /// Largest deviations per time of day on the last days.
+    recurring: Recurring,
     /// Long-run mean of |value| (the series' scale).
     scale: f64,
     /// Points left in the current alert's dedup period.
@@ -229,19 +261,31 @@ impl SeriesState {
             return None;
         }
         st.n += 1;
-        let phase = phase_of(time_ns);
+        let slot = slot_of(time_ns);
+        let phase = day_bin(slot);
+        let hour = week_bin(slot);
         let needed = p.min_samples.max(1).min(window as u64);
         if (st.base.len() as u64) < needed {
-            st.seasonal.learn(phase, time_ns, 0.0);
-            st.push_base(x, phase, window);
+            st.seasonal
+                .learn(DAY_BINS, SEASON_MEMORY, phase, time_ns, 0.0);
+            if p.weekly {
+                st.weekly
+                    .learn(WEEK_BINS, SEASON_MEMORY, hour, time_ns, 0.0);
+            }
+            st.push_base(x, slot, window);
             return Some(Verdict::cold_start(st.n - 1, needed));
         }
-        let (plain_median, plain_spread) = st.median_spread(scratch, false);
-        let (level, level_spread) = st.median_spread(scratch, true);
-        let seasonal =
-            st.seasonal.ready(phase, time_ns) && level_spread < SEASON_GAIN * plain_spread;
+        let daily_ready = st.seasonal.ready(phase, time_ns, SEASON_MIN_HISTORY_NS);
+        let weekly_known = p.weekly && st.weekly.ready(hour, time_ns, WEEK_MIN_HISTORY_NS);
+        let weekly_on = daily_ready && weekly_known && st.week_err < st.day_err;
+        let (plain_median, plain_spread) = st.median_spread(scratch, None);
+        let (level, level_spread) = st.median_spread(scratch, Some(weekly_on));
+        // The weekly profile has already shown over a week that it predicts
+        // better than the daily one; it stays in use through a quiet weekend
+        // whose spread it cannot shrink (else Monday morning would alert).
+        let seasonal = daily_ready && (weekly_on || level_spread < SEASON_GAIN * plain_spread);
         let (median, spread) = if seasonal {
-            (level + st.seasonal.offset(phase), level_spread)
+            (level + st.offset(slot, weekly_on), level_spread)
         } else {
             (plain_median, plain_spread)
         };
@@ -249,17 +293,35 @@ impl SeriesState {
         st.scale += (x.abs() - st.scale) / (st.n.min(p.long_memory.max(1)) as f64);
         let deviation = x - median;
         let z = deviation / spread;
+        let day = (time_ns / DAY_NS) as u16;
+        let az = z.abs();
+        // A deviation that came at about this time on each of the last two
+        // days, and was notable then, is routine at this time of day (a
+        // nightly job): deviations are measured in units of it, so one of
+        // the same size is not a peak, and twice its size is.
+        let rec = st.recurring.level(phase, day);
+        let az_eff = if rec > PEAK_Z
+            && st
+                .tail
+                .surprise(rec)
+                .is_some_and(|s| s > RECURRING_SURPRISE)
+        {
+            az * PEAK_Z / rec
+        } else {
+            az
+        };
+        st.recurring.learn(phase, day, az);
         // Judged against this series' own tail of deviations once it has
         // enough peaks; against a normal tail before that.
         let point_surprise = st
             .tail
-            .surprise(z.abs())
-            .unwrap_or_else(|| normal_surprise(z));
+            .surprise(az_eff)
+            .unwrap_or_else(|| normal_surprise(az_eff));
         // The tail model learns from every point: it describes how large this
         // series' deviations get, routine bursts included (it keeps only the
         // last `MAX_PEAKS` peaks, so it forgets). Anomalies stay out of the
         // baseline level and spread instead.
-        st.tail.learn(z.abs(), p.long_memory);
+        st.tail.learn(az_eff, p.long_memory);
         let raw = raw_of_surprise(point_surprise);
         // An ongoing incident barely teaches the likelihood that incidents are usual.
         let learn = if st.dedup_left > 0 {
@@ -288,14 +350,30 @@ impl SeriesState {
         // The profile learns from every point until it is in use (before that,
         // the daily swing itself looks anomalous), then from normal points only.
         if !seasonal || !anomalous_point {
-            st.seasonal.learn(phase, time_ns, x - level);
+            let residual = x - level;
+            if weekly_known {
+                // Which profile predicts this series better, over about a
+                // week at 5-min sampling (so that a weekday does not make a
+                // daily profile that forgets weekends look better).
+                let a = 1.0 / WEEK_SLOTS as f32;
+                let day_err = (residual - st.seasonal.offset(phase)).abs() as f32;
+                let week_err = (residual - st.offset(slot, true)).abs() as f32;
+                st.day_err += a * (day_err - st.day_err);
+                st.week_err += a * (week_err - st.week_err);
+            }
+            st.seasonal
+                .learn(DAY_BINS, SEASON_MEMORY, phase, time_ns, residual);
+            if p.weekly {
+                st.weekly
+                    .learn(WEEK_BINS, WEEK_MEMORY, hour, time_ns, residual);
+            }
         }
         if anomalous_point {
             let side = if deviation > 0.0 { 1 } else { -1 };
-            st.track_shift(x, phase, side, window);
+            st.track_shift(x, slot, side, window);
         } else {
-            st.track_shift(x, phase, 0, window);
-            st.push_base(x, phase, window);
+            st.track_shift(x, slot, 0, window);
+            st.push_base(x, slot, window);
         }
         Some(Verdict::scored(
             score,
@@ -316,7 +394,10 @@ impl SeriesState {
             + self.recent.capacity() * std::mem::size_of::<(f64, u16, i8)>()
             + self.seasonal.offsets.capacity() * std::mem::size_of::<f32>()
             + self.seasonal.counts.capacity()
+            + self.weekly.offsets.capacity() * std::mem::size_of::<f32>()
+            + self.weekly.counts.capacity()
             + self.tail.peaks.capacity() * std::mem::size_of::<f32>()
+            + self.recurring.bins.capacity() * std::mem::size_of::<RecurringBin>()
     }
 
     fn push_base(&mut self, x: f64, phase: u16, window: usize) {
@@ -331,16 +412,27 @@ impl SeriesState {
         self.base_next = ((self.base_next as usize + 1) % window) as u32;
     }
 
-    /// Median and robust spread of the baseline values.
-    fn median_spread(&self, scratch: &mut Vec<f64>, deseasonalise: bool) -> (f64, f64) {
+    /// Seasonal offset of the 5-minute slot of the week `slot`: the weekly
+    /// profile's when it is in use, else the daily profile's.
+    fn offset(&self, slot: u16, weekly: bool) -> f64 {
+        if weekly {
+            self.weekly.offset(week_bin(slot))
+        } else {
+            self.seasonal.offset(day_bin(slot))
+        }
+    }
+
+    /// Median and robust spread of the baseline values; `deseasonalise`:
+    /// `None` for the raw values, `Some(weekly)` for the values minus the
+    /// daily profile (the weekly one when `weekly`).
+    fn median_spread(&self, scratch: &mut Vec<f64>, deseasonalise: Option<bool>) -> (f64, f64) {
         scratch.clear();
-        if deseasonalise {
-            let season = &self.seasonal;
+        if let Some(weekly) = deseasonalise {
             scratch.extend(
                 self.base
                     .iter()
                     .zip(&self.base_phase)
-                    .map(|(&v, &ph)| v - season.offset(ph)),
+                    .map(|(&v, &slot)| v - self.offset(slot, weekly)),
             );
         } else {
             scratch.extend_from_slice(&self.base);
@@ -487,38 +579,117 @@ impl Seasonal {
             .map_or(0.0, |&v| f64::from(v))
     }
 
-    /// True when the profile has seen enough days, and this bin enough
-    /// points, to be trusted.
-    fn ready(&self, phase: u16, time_ns: u64) -> bool {
+    /// True when the profile has `min_history_ns` of history, and this bin
+    /// enough points, to be trusted.
+    fn ready(&self, phase: u16, time_ns: u64, min_history_ns: u64) -> bool {
         self.started
-            && time_ns.saturating_sub(self.first_ns) >= SEASON_MIN_HISTORY_NS
+            && time_ns.saturating_sub(self.first_ns) >= min_history_ns
             && self
                 .counts
                 .get(usize::from(phase))
                 .is_some_and(|&c| c >= SEASON_MIN_PER_BIN)
     }
 
-    fn learn(&mut self, phase: u16, time_ns: u64, residual: f64) {
+    /// Learns `residual` in bin `phase` of `bins`, with an effective memory of `memory` points.
+    fn learn(&mut self, bins: usize, memory: u8, phase: u16, time_ns: u64, residual: f64) {
         if !self.started {
             self.started = true;
             self.first_ns = time_ns;
-            self.offsets = vec![0.0; DAY_BINS];
-            self.counts = vec![0; DAY_BINS];
+            self.offsets = vec![0.0; bins];
+            self.counts = vec![0; bins];
         }
         let i = usize::from(phase);
         let (Some(o), Some(c)) = (self.offsets.get_mut(i), self.counts.get_mut(i)) else {
             return;
         };
         *c = c.saturating_add(1);
-        let alpha = 1.0 / f64::from((*c).min(SEASON_MEMORY));
+        let alpha = 1.0 / f64::from((*c).min(memory));
         *o += (alpha * (residual - f64::from(*o))) as f32;
     }
 }
 
-/// Time-of-day bin of `time_ns` (UTC).
-fn phase_of(time_ns: u64) -> u16 {
-    let day_ns = 86_400 * 1_000_000_000u64;
-    ((time_ns % day_ns) / (day_ns / DAY_BINS as u64)) as u16
+/// Nanoseconds per day.
+const DAY_NS: u64 = 86_400 * 1_000_000_000;
+/// Neighbouring time-of-day bins (each side) searched for a recurring deviation.
+const RECURRING_REACH: usize = 2;
+
+/// Per time-of-day bin, the largest |z| of the last three days: a deviation
+/// that came at about this time of day on each of the last two days (a
+/// nightly job, a morning rush) is routine, not an anomaly.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+struct RecurringBin {
+    /// Largest |z| on `day`, the day before and the day before that.
+    max: [f32; 3],
+    day: u16,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Recurring {
+    bins: Vec<RecurringBin>,
+}
+
+impl Recurring {
+    /// The deviation that recurred near this time of day on both of the two
+    /// days before `day` (the smaller of the two days' largest), 0 when none.
+    fn level(&self, phase: u16, day: u16) -> f64 {
+        if self.bins.is_empty() {
+            return 0.0;
+        }
+        let reach = RECURRING_REACH;
+        let (mut y1, mut y2) = (0.0f32, 0.0f32);
+        for k in 0..=2 * reach {
+            let b = (usize::from(phase) + DAY_BINS + k - reach) % DAY_BINS;
+            let e = &self.bins[b];
+            let (a1, a2) = match day.wrapping_sub(e.day) {
+                0 => (e.max[1], e.max[2]),
+                1 => (e.max[0], e.max[1]),
+                2 => (0.0, e.max[0]),
+                _ => (0.0, 0.0),
+            };
+            y1 = y1.max(a1);
+            y2 = y2.max(a2);
+        }
+        f64::from(y1.min(y2))
+    }
+
+    fn learn(&mut self, phase: u16, day: u16, az: f64) {
+        if self.bins.is_empty() {
+            self.bins = vec![RecurringBin::default(); DAY_BINS];
+        }
+        let Some(e) = self.bins.get_mut(usize::from(phase)) else {
+            return;
+        };
+        match day.wrapping_sub(e.day) {
+            0 => {}
+            1 => e.max = [0.0, e.max[0], e.max[1]],
+            2 => e.max = [0.0, 0.0, e.max[0]],
+            _ => e.max = [0.0; 3],
+        }
+        e.day = day;
+        if az.is_finite() {
+            e.max[0] = e.max[0].max(az as f32);
+        }
+    }
+}
+
+/// Length of a slot of the week (5 minutes).
+const SLOT_NS: u64 = 300 * 1_000_000_000;
+/// 5-minute slots per week.
+const WEEK_SLOTS: u64 = 7 * 288;
+
+/// 5-minute slot of the week of `time_ns` (UTC; weeks counted from the epoch).
+fn slot_of(time_ns: u64) -> u16 {
+    ((time_ns / SLOT_NS) % WEEK_SLOTS) as u16
+}
+
+/// Time-of-day bin (15 minutes) of a slot.
+fn day_bin(slot: u16) -> u16 {
+    (slot % 288) / (288 / DAY_BINS as u16)
+}
+
+/// Half-hour-of-week bin of a slot.
+fn week_bin(slot: u16) -> u16 {
+    slot / (WEEK_SLOTS as u16 / WEEK_BINS as u16)
 }
 
 /// Score (0–100) of a surprise (−log10 of a tail probability): 50 at a
@@ -529,10 +700,10 @@ fn score_of_surprise(surprise: f64) -> f32 {
     (100.0 * (1.0 - (-surprise.max(0.0) / SURPRISE_SCALE).exp())) as f32
 }
 
-/// Raw score (0–1) of a point for the likelihood layer: 0 up to a 1-in-1,000
-/// event (routine in telemetry), growing with the surprise beyond.
+/// Raw score (0–1) of a point for the likelihood layer: 0 up to a 1-in-100
+/// event, growing with the surprise beyond.
 fn raw_of_surprise(surprise: f64) -> f64 {
-    1.0 - (-(surprise - POINT_ANOMALY_SURPRISE).max(0.0) / RAW_SURPRISE_SCALE).exp()
+    1.0 - (-(surprise - RAW_FROM_SURPRISE).max(0.0) / RAW_SURPRISE_SCALE).exp()
 }
 
 /// Median of `v` (reorders it); 0 for an empty slice.
@@ -812,6 +983,70 @@ mod tests {
             "spike at the trough scored {}",
             v.score
         );
+    }
+
+    /// Weekdays busy, weekends quiet (a daily cycle on both): once two weeks
+    /// are known, a weekend is normal; without the weekly profile every
+    /// weekend alerts.
+    fn weekday_weekend(weekly: bool) -> (Vec<f32>, f32) {
+        let mut rng = StdRng::seed_from_u64(21);
+        let mut d = MetricDetector::new(MetricParams {
+            weekly,
+            ..MetricParams::default()
+        });
+        let per_day = 288u64;
+        let value = |i: u64, noise: f64| {
+            let t = T0 + i * MIN5;
+            // 1970-01-01 was a Thursday: 0 = Sunday, 6 = Saturday.
+            let dow = (t / DAY_NS + 4) % 7;
+            let phase = (i % per_day) as f64 / per_day as f64;
+            let daily = (std::f64::consts::TAU * phase).sin();
+            if dow == 0 || dow == 6 {
+                30.0 + 5.0 * daily + noise
+            } else {
+                100.0 + 20.0 * daily + noise
+            }
+        };
+        // Highest score in the first hour of each weekend start and end
+        // (Saturday and Monday 00:00) from the third week on.
+        let mut transitions = Vec::new();
+        for i in 0..28 * per_day {
+            let v = gauge(&mut d, i, value(i, rng.random_range(-2.0..2.0)));
+            let day = i / per_day;
+            if [18, 20, 25, 27].contains(&day) && i % per_day < 12 {
+                if i % per_day == 0 {
+                    transitions.push(0.0f32);
+                }
+                if let Some(m) = transitions.last_mut() {
+                    *m = m.max(v.score);
+                }
+            }
+        }
+        // A spike on the fourth Saturday afternoon (day 25 from a Tuesday).
+        let spike_at = 28 * per_day + 4 * per_day + 180;
+        for i in 28 * per_day..spike_at {
+            gauge(&mut d, i, value(i, rng.random_range(-2.0..2.0)));
+        }
+        let spike = gauge(&mut d, spike_at, value(spike_at, 0.0) + 60.0);
+        (transitions, spike.score)
+    }
+
+    #[test]
+    fn weekly_profile_makes_weekends_normal_after_two_weeks() {
+        // Days 18-19 and 25-26 are the weekends (the series starts on a Tuesday).
+        let (without, _) = weekday_weekend(false);
+        assert_eq!(without.len(), 4);
+        assert!(
+            without.iter().all(|&s| s >= DEDUP_FROM_SCORE),
+            "without the weekly profile each weekend start and end alerts: {without:?}"
+        );
+        let (with, spike) = weekday_weekend(true);
+        assert_eq!(with.len(), 4);
+        assert!(
+            with.iter().all(|&s| s < DEDUP_FROM_SCORE),
+            "weekend starts and ends alerted: {with:?}"
+        );
+        assert!(spike >= ANOMALOUS_SCORE, "weekend spike scored {spike}");
     }
 
     #[test]

@@ -17,7 +17,12 @@ use super::keys::MapSnapshot;
 /// First bytes of every snapshot file.
 pub const MAGIC: &[u8; 8] = b"OTANSNAP";
 /// Format version written by this build; older or newer versions are refused.
-pub const VERSION: u32 = 1;
+///
+/// 2: metric series carry a weekly profile, per-time-of-day recurring
+/// deviations and profile errors, and keep 5-minute slots of the week
+/// instead of 15-minute time-of-day bins (version 1 state cannot be read as
+/// version 2: the detector relearns from the live stream).
+pub const VERSION: u32 = 2;
 
 /// Why a snapshot could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +31,12 @@ pub enum SnapshotError {
     #[error("not an otel-anomaly snapshot (bad magic bytes)")]
     BadMagic,
     /// Written by an incompatible build.
-    #[error("snapshot format version {found} is not supported (this build reads version {supported}); delete it or retrain")]
-    Version { found: u32, supported: u32 },
+    #[error("snapshot format version {found} is not supported (this build reads version {supported}; {hint}); delete it or retrain")]
+    Version {
+        found: u32,
+        supported: u32,
+        hint: &'static str,
+    },
     /// Written for another environment.
     #[error("snapshot is for environment {found:?}, this sidecar is {expected:?}")]
     Environment { found: String, expected: String },
@@ -86,6 +95,11 @@ pub fn decode(bytes: &[u8], environment: Option<&str>) -> Result<SnapshotBody, S
         return Err(SnapshotError::Version {
             found: version,
             supported: VERSION,
+            hint: if version < VERSION {
+                "written by an older build whose detector state has another layout"
+            } else {
+                "written by a newer build"
+            },
         });
     }
     let mut raw = Vec::new();
@@ -173,10 +187,25 @@ mod tests {
             decode(b"hello world!!", None),
             Err(SnapshotError::BadMagic)
         ));
-        let mut v2 = bytes.clone();
-        v2[8] = 2;
-        let e = decode(&v2, None).unwrap_err();
-        assert!(e.to_string().contains("version 2 is not supported"), "{e}");
+        // A file from the previous format (version 1, before the weekly
+        // profile) and one from a future build are both refused, each saying why.
+        let mut v1 = bytes.clone();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let e = decode(&v1, None).unwrap_err();
+        assert!(
+            e.to_string().contains("version 1 is not supported")
+                && e.to_string().contains("older build"),
+            "{e}"
+        );
+        let mut next = bytes.clone();
+        next[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        let e = decode(&next, None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("version {} is not supported", VERSION + 1))
+                && e.to_string().contains("newer build"),
+            "{e}"
+        );
         let e = decode(&bytes, Some("dev")).unwrap_err();
         assert!(e.to_string().contains("\"prod\""), "{e}");
         let mut torn = bytes.clone();

@@ -542,12 +542,12 @@ impl Processor {
                             .data_points
                             .iter()
                             .map(|p| {
-                                let pv = PointValue::Histogram {
-                                    count: p.count,
-                                    sum: p.sum.unwrap_or(f64::NAN),
-                                    cumulative: h.aggregation_temporality == 2,
-                                    start_ns: p.start_time_unix_nano,
-                                };
+                                let pv = histogram_value(
+                                    p.count,
+                                    p.sum,
+                                    h.aggregation_temporality == 2,
+                                    p.start_time_unix_nano,
+                                );
                                 (PointRef::Histogram(p), pv)
                             })
                             .collect(),
@@ -555,12 +555,12 @@ impl Processor {
                             .data_points
                             .iter()
                             .map(|p| {
-                                let pv = PointValue::Histogram {
-                                    count: p.count,
-                                    sum: p.sum.unwrap_or(f64::NAN),
-                                    cumulative: h.aggregation_temporality == 2,
-                                    start_ns: p.start_time_unix_nano,
-                                };
+                                let pv = histogram_value(
+                                    p.count,
+                                    p.sum,
+                                    h.aggregation_temporality == 2,
+                                    p.start_time_unix_nano,
+                                );
                                 (PointRef::ExpHistogram(p), pv)
                             })
                             .collect(),
@@ -568,12 +568,13 @@ impl Processor {
                             .data_points
                             .iter()
                             .map(|p| {
-                                let pv = PointValue::Histogram {
-                                    count: p.count,
-                                    sum: p.sum,
-                                    cumulative: true,
-                                    start_ns: p.start_time_unix_nano,
-                                };
+                                // Summaries are cumulative by definition.
+                                let pv = histogram_value(
+                                    p.count,
+                                    Some(p.sum),
+                                    true,
+                                    p.start_time_unix_nano,
+                                );
                                 (PointRef::Summary(p), pv)
                             })
                             .collect(),
@@ -848,5 +849,16 @@ pub fn worker_loop_outputs(
         if score_and_route(work, &outputs, &processor).is_err() {
             break;
         }
+    }
+}
+
+/// The value scored for a histogram, exponential histogram or summary point:
+/// count and sum (NaN when the sum is absent, which leaves the point unscored).
+fn histogram_value(count: u64, sum: Option<f64>, cumulative: bool, start_ns: u64) -> PointValue {
+    PointValue::Histogram {
+        count,
+        sum: sum.unwrap_or(f64::NAN),
+        cumulative,
+        start_ns,
     }
 }
