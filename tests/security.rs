@@ -725,3 +725,35 @@ async fn remaining_bad_input_classes_get_their_documented_answer() {
     let e = p.detectors().restore(&snap, "dev").unwrap_err().to_string();
     assert!(e.contains("prod"), "{e}");
 }
+
+#[test]
+fn security_settings_errors_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    for (yaml, key) in [
+        ("receiver: {auth: {token_files: []}}", "receiver.auth.token_files"),
+        (
+            "receiver: {auth: {token_files: [/nonexistent/otlp.token]}}",
+            "receiver.auth.token_files[0]",
+        ),
+        (
+            "receiver: {http: {listen: '127.0.0.1:0', tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}}}",
+            "receiver.http.tls.cert_file",
+        ),
+        (
+            "admin: {listen: '127.0.0.1:0', tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}}",
+            "admin.tls.cert_file",
+        ),
+        (
+            "export: {elasticsearch: {urls: ['https://es:9200'], client_cert_file: /nonexistent/c.pem}}",
+            "client_cert_file and client_key_file",
+        ),
+    ] {
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, format!("environment: dev\ndata_dir: {d}\n{yaml}\n")).unwrap();
+        let e = otel_anomaly::config::resolve(Some(&path), &Default::default(), &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{yaml}: {e}");
+    }
+}
