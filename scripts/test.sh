@@ -44,6 +44,9 @@ cargo build --locked
 step "cargo nextest (unit + integration)"
 cargo nextest run --locked --no-fail-fast
 
+step "fuzz smoke (issue 10: 5 s per target; the long run is scripts/fuzz.sh 600, see docs/bad-input.md)"
+bash scripts/fuzz.sh 5
+
 step "helm charts (lint, render, kubernetes schemas, bad values)"
 bash scripts/helm-check.sh
 

@@ -11,6 +11,8 @@ pub mod detect;
 pub mod enrich;
 pub mod export;
 pub mod faultbench;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod loadgen;
 pub mod nab;
 pub mod pipeline;

@@ -645,3 +645,115 @@ push:
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("sre:{READER_PASSWORD}"));
     assert!(logs.iter().all(|t| !t.contains(&b64)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remaining_bad_input_classes_get_their_documented_answer() {
+    // OTLP/HTTP: an encoding the receiver does not speak.
+    let dir = tempfile::tempdir().unwrap();
+    let sc = Sidecar::start(base_config(dir.path())).await;
+    let r = sc
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            Some("br"),
+            vec![1, 2, 3],
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 415);
+    let st = RpcStatus::decode(r.bytes().await.unwrap().as_ref()).unwrap();
+    assert!(
+        st.message.contains("unsupported Content-Encoding"),
+        "{}",
+        st.message
+    );
+    let r = sc
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            Some("gzip"),
+            b"not gzip".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 400);
+    let st = RpcStatus::decode(r.bytes().await.unwrap().as_ref()).unwrap();
+    assert!(st.message.contains("invalid gzip body"), "{}", st.message);
+    sc.assert_still_serving(9).await;
+    sc.shutdown().await;
+
+    // Aggregator REST API.
+    let dir = tempfile::tempdir().unwrap();
+    let a = agg::Agg::start(&agg::write_config(dir.path(), "")).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(a.url("/api/v1/nope"))
+        .basic_auth(agg::READER_USER, Some(agg::READER_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(r.text().await.unwrap().contains("no such route"));
+    let r = client
+        .post(a.url("/api/v1/silences"))
+        .bearer_auth(agg::ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"environment\": 5}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("invalid silence"));
+    let r = client
+        .post(a.url("/api/v1/silences"))
+        .bearer_auth(agg::ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100 << 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    a.stop().await;
+
+    // A detector snapshot of another environment is refused by name.
+    let cfg = base_config(dir.path());
+    let p = otel_anomaly::pipeline::process::Processor::new(
+        &cfg.settings,
+        "otel",
+        Arc::new(otel_anomaly::telemetry::Metrics::default()),
+        Arc::new(otel_anomaly::pipeline::AnomalyFeed::default()),
+    );
+    let snap = p.detectors().snapshot("prod", 1);
+    let e = p.detectors().restore(&snap, "dev").unwrap_err().to_string();
+    assert!(e.contains("prod"), "{e}");
+}
+
+#[test]
+fn security_settings_errors_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    for (yaml, key) in [
+        ("receiver: {auth: {token_files: []}}", "receiver.auth.token_files"),
+        (
+            "receiver: {auth: {token_files: [/nonexistent/otlp.token]}}",
+            "receiver.auth.token_files[0]",
+        ),
+        (
+            "receiver: {http: {listen: '127.0.0.1:0', tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}}}",
+            "receiver.http.tls.cert_file",
+        ),
+        (
+            "admin: {listen: '127.0.0.1:0', tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}}",
+            "admin.tls.cert_file",
+        ),
+        (
+            "export: {elasticsearch: {urls: ['https://es:9200'], client_cert_file: /nonexistent/c.pem}}",
+            "client_cert_file and client_key_file",
+        ),
+    ] {
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, format!("environment: dev\ndata_dir: {d}\n{yaml}\n")).unwrap();
+        let e = otel_anomaly::config::resolve(Some(&path), &Default::default(), &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{yaml}: {e}");
+    }
+}

@@ -1,7 +1,6 @@
-//! OTLP/JSON decode + validation + conversion to documents.
+//! OTLP/JSON decode + validation + scoring + documents. Body in src/fuzzing.rs.
 #![no_main]
-mod otlp_common;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    otlp_common::run(data, otel_anomaly::receiver::decode::Format::Json);
+    otel_anomaly::fuzzing::run("otlp_json", data);
 });

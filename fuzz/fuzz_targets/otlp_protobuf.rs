@@ -1,7 +1,6 @@
-//! OTLP protobuf decode + validation + conversion to documents.
+//! OTLP protobuf decode + validation + scoring + documents. Body in src/fuzzing.rs.
 #![no_main]
-mod otlp_common;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    otlp_common::run(data, otel_anomaly::receiver::decode::Format::Protobuf);
+    otel_anomaly::fuzzing::run("otlp_protobuf", data);
 });
