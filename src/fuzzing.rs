@@ -30,6 +30,7 @@ pub const TARGETS: &[&str] = &[
     "config",
     "push_api",
     "snapshot",
+    "wal_segment",
 ];
 
 /// Runs target `name` on `data`; `false` if there is no such target.
@@ -41,6 +42,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "config" => config_text(data),
         "push_api" => push_api(data),
         "snapshot" => snapshot(data),
+        "wal_segment" => wal_segment(data),
         _ => return false,
     }
     true
@@ -292,4 +294,33 @@ pub fn snapshot(data: &[u8]) {
     p.detectors()
         .restore(&again, ENV)
         .expect("a snapshot we wrote loads back");
+}
+
+/// The write-ahead queue's segment reader (what start-up runs on every
+/// segment): the valid prefix holds exactly the records it lists, each of
+/// which decodes again; scanning the valid prefix alone finds the same.
+fn wal_segment(data: &[u8]) {
+    use crate::export::wal::segment::{decode_record, scan};
+    let Ok(found) = scan(data) else {
+        return;
+    };
+    let valid = usize::try_from(found.valid_len).expect("fits");
+    assert!(valid <= data.len(), "valid prefix past the end");
+    let mut end = 0usize;
+    for r in &found.records {
+        let start = usize::try_from(r.offset).expect("fits");
+        let stop = start + r.len as usize;
+        assert!(
+            start >= end && stop <= valid,
+            "records overlap or leave the valid prefix"
+        );
+        end = stop;
+        let (signal, records, body) =
+            decode_record(&data[start..stop]).expect("a record the scan accepted decodes");
+        assert_eq!((signal, records), (r.signal, r.records));
+        let _ = crate::export::wal::decode_payload(signal, body);
+    }
+    let again = scan(&data[..valid]).expect("the valid prefix is a segment");
+    assert_eq!(again.records.len(), found.records.len());
+    assert_eq!(again.valid_len, found.valid_len);
 }

@@ -248,6 +248,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         observed: 870.0,
         unit: "ms".into(),
         exemplar_trace_ids: vec!["4bf92f3577b34da6a3ce929d0e0e4736".into()],
+        backfilled: false,
     };
     out.push((
         "push_api",
@@ -272,6 +273,20 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let _ = p.process(otel_anomaly::pipeline::Payload::Traces(traces()));
     let _ = p.process(otel_anomaly::pipeline::Payload::Metrics(metrics()));
     out.push(("snapshot", with_tag(0, p.detectors().snapshot("fuzz", 1))));
+    // A write-ahead queue segment: two whole records, then the same with a torn tail.
+    use otel_anomaly::export::wal::segment::{encode_record, MAGIC};
+    use otel_anomaly::telemetry::Signal;
+    let mut segment = MAGIC.to_vec();
+    segment.extend(encode_record(Signal::traces, 1, |b| {
+        b.extend(traces().encode_to_vec())
+    }));
+    segment.extend(encode_record(Signal::logs, 1, |b| {
+        b.extend(logs().encode_to_vec())
+    }));
+    out.push(("wal_segment", segment.clone()));
+    let torn = encode_record(Signal::metrics, 1, |b| b.extend(metrics().encode_to_vec()));
+    segment.extend(&torn[..torn.len() / 2]);
+    out.push(("wal_segment", segment));
     out
 }
 
