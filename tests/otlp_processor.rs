@@ -113,6 +113,10 @@ async fn next_hop_down_then_back_loses_nothing_and_pushes_back_beyond_the_cap() 
         ],
     );
     cfg_a.settings.pipeline.max_queued_records = 350;
+    // The in-memory cap alone: with the write-ahead queue on, a request past
+    // it is spilled to disk and accepted (its own cap is tested in
+    // tests/e2e/test_wal_faults.py).
+    cfg_a.settings.wal.enabled = false;
     let a = Sidecar::start(cfg_a).await;
 
     // The next hop is down: 300 spans are accepted and wait (within the cap).
@@ -635,6 +639,10 @@ async fn fan_out_documents_flow_while_the_hop_is_down_and_permits_wait_for_both(
     // Both outputs: NDJSON documents and the OTLP hop.
     cfg_a.settings.export.file.enabled = Some(true);
     cfg_a.settings.pipeline.max_queued_records = 250;
+    // The in-memory cap alone: with the write-ahead queue on, a request past
+    // it is spilled to disk and accepted (its own cap is tested in
+    // tests/e2e/test_wal_faults.py).
+    cfg_a.settings.wal.enabled = false;
     let a = Sidecar::start(cfg_a).await;
     for k in 0..2 {
         assert_eq!(

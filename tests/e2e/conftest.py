@@ -247,6 +247,24 @@ def es_search(url: str, index: str, query: dict, size: int = 10000) -> list:
     return [h["_source"] | {"_id": h["_id"]} for h in resp["hits"]["hits"]]
 
 
+def forward(a, b):
+    """Copies bytes from socket a to socket b until either side closes."""
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 class GatedProxy:
     """A TCP forwarder to a real server that refuses connections until opened:
     Elasticsearch that is down, then comes back."""
@@ -275,24 +293,7 @@ class GatedProxy:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target))
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a, b):
-        try:
-            while True:
-                data = a.recv(65536)
-                if not data:
-                    break
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                threading.Thread(target=forward, args=(a, b), daemon=True).start()
 
     def close(self):
         self._stop.set()
