@@ -36,7 +36,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::metrics::v1::metric;
 use prost::Message;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -271,20 +270,7 @@ fn count_traces(st: &SinkStats, req: &ExportTraceServiceRequest) {
 }
 
 fn count_metrics(st: &SinkStats, req: &ExportMetricsServiceRequest) {
-    let n: usize = req
-        .resource_metrics
-        .iter()
-        .flat_map(|r| &r.scope_metrics)
-        .flat_map(|s| &s.metrics)
-        .map(|m| match &m.data {
-            Some(metric::Data::Gauge(g)) => g.data_points.len(),
-            Some(metric::Data::Sum(s)) => s.data_points.len(),
-            Some(metric::Data::Histogram(h)) => h.data_points.len(),
-            Some(metric::Data::ExponentialHistogram(h)) => h.data_points.len(),
-            Some(metric::Data::Summary(s)) => s.data_points.len(),
-            None => 0,
-        })
-        .sum();
+    let n = crate::pipeline::process::metric_points(req);
     st.otlp_requests.fetch_add(1, Ordering::Relaxed);
     st.otlp_points.fetch_add(n as u64, Ordering::Relaxed);
 }

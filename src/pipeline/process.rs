@@ -706,6 +706,25 @@ impl WorkerOutputs {
     }
 }
 
+/// Data points of a metrics request, of every metric type.
+pub fn metric_points(
+    req: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+) -> usize {
+    req.resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .map(|m| match &m.data {
+            Some(metric::Data::Gauge(g)) => g.data_points.len(),
+            Some(metric::Data::Sum(g)) => g.data_points.len(),
+            Some(metric::Data::Histogram(g)) => g.data_points.len(),
+            Some(metric::Data::ExponentialHistogram(g)) => g.data_points.len(),
+            Some(metric::Data::Summary(g)) => g.data_points.len(),
+            None => 0,
+        })
+        .sum()
+}
+
 /// Records of a decoded request, in wire order.
 fn records_of(payload: &Payload) -> usize {
     match payload {
@@ -715,20 +734,7 @@ fn records_of(payload: &Payload) -> usize {
             .flat_map(|r| &r.scope_spans)
             .map(|s| s.spans.len())
             .sum(),
-        Payload::Metrics(r) => r
-            .resource_metrics
-            .iter()
-            .flat_map(|r| &r.scope_metrics)
-            .flat_map(|s| &s.metrics)
-            .map(|m| match &m.data {
-                Some(metric::Data::Gauge(g)) => g.data_points.len(),
-                Some(metric::Data::Sum(g)) => g.data_points.len(),
-                Some(metric::Data::Histogram(g)) => g.data_points.len(),
-                Some(metric::Data::ExponentialHistogram(g)) => g.data_points.len(),
-                Some(metric::Data::Summary(g)) => g.data_points.len(),
-                None => 0,
-            })
-            .sum(),
+        Payload::Metrics(r) => metric_points(r),
         Payload::Logs(r) => r
             .resource_logs
             .iter()

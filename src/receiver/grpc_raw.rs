@@ -10,15 +10,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
@@ -26,9 +20,8 @@ use tonic::server::NamedService;
 use tonic::Status;
 
 use super::grpc::GrpcReceiver;
+use super::http::Otlp;
 use super::partial;
-use crate::pipeline::validate::{self, Checked};
-use crate::pipeline::Payload;
 
 /// A decoded request and its bytes.
 #[derive(Debug)]
@@ -38,17 +31,18 @@ pub struct Captured<T> {
 }
 
 /// One signal's export service.
+/// One OTLP service: its request type (validation, payload and response
+/// come from the HTTP receiver's [`Otlp`]) and its gRPC names.
 pub trait Signal: Send + Sync + 'static {
-    type Request: Message + Default + Send + 'static;
-    type Response: Message + Send + 'static;
+    type Request: Otlp;
     /// The gRPC service name.
     const NAME: &'static str;
     /// The method path.
     const PATH: &'static str;
-    fn check(req: &mut Self::Request) -> Checked;
-    fn into_payload(req: Self::Request) -> Payload;
-    fn response(partial: Option<(i64, String)>) -> Self::Response;
 }
+
+/// The response type of a signal.
+type Resp<S> = <<S as Signal>::Request as Otlp>::Response;
 
 /// Traces.
 #[derive(Debug)]
@@ -62,71 +56,20 @@ pub struct Logs;
 
 impl Signal for Traces {
     type Request = ExportTraceServiceRequest;
-    type Response = ExportTraceServiceResponse;
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-    fn check(req: &mut Self::Request) -> Checked {
-        validate::traces(req)
-    }
-    fn into_payload(req: Self::Request) -> Payload {
-        Payload::Traces(req)
-    }
-    fn response(partial: Option<(i64, String)>) -> Self::Response {
-        ExportTraceServiceResponse {
-            partial_success: partial.map(|(rejected_spans, error_message)| {
-                ExportTracePartialSuccess {
-                    rejected_spans,
-                    error_message,
-                }
-            }),
-        }
-    }
 }
 
 impl Signal for Metrics {
     type Request = ExportMetricsServiceRequest;
-    type Response = ExportMetricsServiceResponse;
     const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
     const PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
-    fn check(req: &mut Self::Request) -> Checked {
-        validate::metrics(req)
-    }
-    fn into_payload(req: Self::Request) -> Payload {
-        Payload::Metrics(req)
-    }
-    fn response(partial: Option<(i64, String)>) -> Self::Response {
-        ExportMetricsServiceResponse {
-            partial_success: partial.map(|(rejected_data_points, error_message)| {
-                ExportMetricsPartialSuccess {
-                    rejected_data_points,
-                    error_message,
-                }
-            }),
-        }
-    }
 }
 
 impl Signal for Logs {
     type Request = ExportLogsServiceRequest;
-    type Response = ExportLogsServiceResponse;
     const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
-    fn check(req: &mut Self::Request) -> Checked {
-        validate::logs(req)
-    }
-    fn into_payload(req: Self::Request) -> Payload {
-        Payload::Logs(req)
-    }
-    fn response(partial: Option<(i64, String)>) -> Self::Response {
-        ExportLogsServiceResponse {
-            partial_success: partial.map(|(rejected_log_records, error_message)| {
-                ExportLogsPartialSuccess {
-                    rejected_log_records,
-                    error_message,
-                }
-            }),
-        }
-    }
 }
 
 /// Decodes with prost and keeps the bytes; encodes replies with prost.
@@ -148,16 +91,16 @@ impl<S: Signal> Decoder for CaptureDecoder<S> {
 }
 
 impl<S: Signal> Encoder for ReplyEncoder<S> {
-    type Item = S::Response;
+    type Item = Resp<S>;
     type Error = Status;
-    fn encode(&mut self, item: S::Response, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(&mut self, item: Resp<S>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         item.encode(dst)
             .map_err(|e| Status::internal(format!("encoding the reply failed: {e}")))
     }
 }
 
 impl<S: Signal> Codec for CaptureCodec<S> {
-    type Encode = S::Response;
+    type Encode = Resp<S>;
     type Decode = Captured<S::Request>;
     type Encoder = ReplyEncoder<S>;
     type Decoder = CaptureDecoder<S>;
@@ -207,19 +150,21 @@ struct Export<S> {
 }
 
 impl<S: Signal> tonic::server::UnaryService<Captured<S::Request>> for Export<S> {
-    type Response = S::Response;
-    type Future = BoxFuture<tonic::Response<S::Response>, Status>;
+    type Response = Resp<S>;
+    type Future = BoxFuture<tonic::Response<Resp<S>>, Status>;
     fn call(&mut self, request: tonic::Request<Captured<S::Request>>) -> Self::Future {
         let receiver = self.receiver.clone();
         Box::pin(async move {
             let Captured { mut message, wire } = request.into_inner();
-            let checked = S::check(&mut message);
+            let checked = message.check();
             // Records removed by validation are still in the bytes: forward the decoded request then.
             let wire = (checked.rejected == 0).then_some(wire);
             receiver
-                .submit_with_wire(S::into_payload(message), &checked, wire)
+                .submit_with_wire(message.into_payload(), &checked, wire)
                 .await?;
-            Ok(tonic::Response::new(S::response(partial(&checked))))
+            Ok(tonic::Response::new(<S::Request as Otlp>::response(
+                partial(&checked),
+            )))
         })
     }
 }

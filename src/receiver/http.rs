@@ -138,8 +138,8 @@ fn decode_status(e: &DecodeError) -> (StatusCode, RejectReason) {
 }
 
 /// One signal's request and response types, and how to validate it.
-trait Otlp: Message + Default + serde::de::DeserializeOwned + Send + 'static {
-    type Response: Message + Serialize;
+pub trait Otlp: Message + Default + serde::de::DeserializeOwned + Send + 'static {
+    type Response: Message + Serialize + Send + 'static;
     const SIGNAL: Signal;
     fn check(&mut self) -> Checked;
     fn into_payload(self) -> Payload;

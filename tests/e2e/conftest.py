@@ -131,6 +131,39 @@ def opensearch(workdir):
     s.stop()
 
 
+def write_sidecar_config(dir: Path, ports: tuple[int, int, int], config: dict) -> Path:
+    """Writes `dir/config.yaml`: the sidecar on loopback ports (gRPC, HTTP,
+    admin) with its data under `dir/data`, overlaid with `config` (a dict
+    section is merged one level deep, anything else replaces)."""
+    grpc, http_port, admin = ports
+    cfg = {
+        "data_dir": str(dir / "data"),
+        "shutdown_timeout": "20s",
+        "receiver": {
+            "grpc": {"listen": f"127.0.0.1:{grpc}"},
+            "http": {"listen": f"127.0.0.1:{http_port}"},
+        },
+        "admin": {"listen": f"127.0.0.1:{admin}"},
+    }
+    for k, v in config.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    path = dir / "config.yaml"
+    # JSON is valid YAML.
+    path.write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+def sidecar_env(extra: dict | None = None) -> dict:
+    """The environment of a sidecar process. OTEL_ANOMALY_BIN names the binary
+    for this harness; the sidecar would read it as a configuration key (every
+    OTEL_ANOMALY_* is one)."""
+    inherited = {k: v for k, v in os.environ.items() if k != "OTEL_ANOMALY_BIN"}
+    return {**inherited, "RUST_LOG": "info", **(extra or {})}
+
+
 class Sidecar:
     """The real binary, started with a YAML config on free loopback ports."""
 
@@ -138,29 +171,10 @@ class Sidecar:
         assert BINARY.exists(), f"{BINARY} is missing: run `cargo build` first (scripts/test.sh does)"
         self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="sidecar-", dir=workdir))
-        cfg = {
-            "data_dir": str(self.dir / "data"),
-            "shutdown_timeout": "20s",
-            "receiver": {
-                "grpc": {"listen": f"127.0.0.1:{self.grpc_port}"},
-                "http": {"listen": f"127.0.0.1:{self.http_port}"},
-            },
-            "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
-        }
-        for k, v in config.items():
-            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-                cfg[k] = {**cfg[k], **v}
-            else:
-                cfg[k] = v
-        self.config_path = self.dir / "config.yaml"
-        # JSON is valid YAML.
-        self.config_path.write_text(json.dumps(cfg, indent=2))
+        self.config_path = write_sidecar_config(self.dir, (self.grpc_port, self.http_port, self.admin_port), config)
         self.log_path = self.dir / "sidecar.log"
         self.log = open(self.log_path, "w")
-        # OTEL_ANOMALY_BIN names the binary for this harness; the sidecar would
-        # read it as a configuration key (every OTEL_ANOMALY_* is one).
-        inherited = {k: v for k, v in os.environ.items() if k != "OTEL_ANOMALY_BIN"}
-        full_env = {**inherited, "RUST_LOG": "info", **(env or {})}
+        full_env = sidecar_env(env)
         self.proc = subprocess.Popen(
             [str(BINARY), "sidecar", "--config", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import BINARY, es_count, forward, free_port, http, wait_until
+from conftest import BINARY, es_count, forward, free_port, http, sidecar_env, wait_until, write_sidecar_config
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -96,19 +96,7 @@ class Restartable:
         assert BINARY.exists(), f"{BINARY} is missing: run `cargo build` first"
         self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="walfault-", dir=workdir))
-        cfg = {
-            "data_dir": str(self.dir / "data"),
-            "shutdown_timeout": "20s",
-            "receiver": {
-                "grpc": {"listen": f"127.0.0.1:{self.grpc_port}"},
-                "http": {"listen": f"127.0.0.1:{self.http_port}"},
-            },
-            "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
-        }
-        for k, v in config.items():
-            cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
-        self.config_path = self.dir / "config.yaml"
-        self.config_path.write_text(json.dumps(cfg, indent=2))
+        self.config_path = write_sidecar_config(self.dir, (self.grpc_port, self.http_port, self.admin_port), config)
         self.log = open(self.dir / "sidecar.log", "a")
         self.proc = None
         self.starts = 0
@@ -119,8 +107,7 @@ class Restartable:
         self.proc = subprocess.Popen(
             [str(BINARY), "sidecar", "--config", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            # OTEL_ANOMALY_* variables are config overrides for the sidecar; the harness's own is not one.
-            env={**{k: v for k, v in os.environ.items() if k != "OTEL_ANOMALY_BIN"}, "RUST_LOG": "info"},
+            env=sidecar_env(),
         )
         self.starts += 1
         wait_until(lambda: self._alive() and http("GET", self.admin + "/healthz", timeout=2)[0] == 200, timeout=30, what="sidecar /healthz")
