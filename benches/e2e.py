@@ -45,10 +45,22 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+_next_port = 20000 + (os.getpid() * 7919) % 12000
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port below the ephemeral range (32768-60999): one from bind(0) may be
+    taken by an outgoing connection before the child process binds it."""
+    global _next_port
+    for _ in range(12000):
+        port, _next_port = _next_port, 20000 + (_next_port + 1 - 20000) % 12000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise SystemExit("no free loopback port in 20000-32000")
 
 
 def wait_port(port, proc, what, timeout=60):

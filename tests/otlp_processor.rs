@@ -43,11 +43,6 @@ fn processor_config(dir: &Path, otlp_env: &[(&str, &str)]) -> Config {
     cfg
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 /// Every NDJSON document of `prefix` streams written by a sidecar with data dir `dir`.
 fn ndjson_docs(dir: &Path, prefix: &str) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
@@ -102,7 +97,7 @@ fn spans(from: u32, to: u32) -> ExportTraceServiceRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_hop_down_then_back_loses_nothing_and_pushes_back_beyond_the_cap() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let hop_port = free_port();
+    let hop_port = common::free_port();
     let hop = format!("http://127.0.0.1:{hop_port}");
     let mut cfg_a = processor_config(
         dir_a.path(),
@@ -626,7 +621,7 @@ async fn grpc_hop_over_tls_with_a_private_ca_and_auth_from_env() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_documents_flow_while_the_hop_is_down_and_permits_wait_for_both() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let hop_port = free_port();
+    let hop_port = common::free_port();
     let hop = format!("http://127.0.0.1:{hop_port}");
     let mut cfg_a = processor_config(
         dir_a.path(),

@@ -6,7 +6,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,13 +22,6 @@ impl Drop for EsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// True when `GET /` answers 200 (plain HTTP/1.0 over a socket: no client needed).
@@ -66,7 +58,7 @@ impl EsServer {
     /// Starts `noida-db` with only its Elasticsearch service.
     pub fn noida() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
+        let port = crate::common::free_port();
         let mut child = Command::new("noida-db")
             .args(["start", "--only", "elasticsearch", "--elasticsearch-port"])
             .arg(port.to_string())
@@ -101,7 +93,7 @@ impl EsServer {
             "osmem-server is not installed (pip install -r tests/e2e/requirements.txt; scripts/test.sh does)"
         );
         let bin = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let port = free_port();
+        let port = crate::common::free_port();
         let mut child = Command::new(bin)
             .arg("--addr")
             .arg(format!("127.0.0.1:{port}"))

@@ -37,6 +37,32 @@ pub struct RpcStatus {
     pub message: String,
 }
 
+/// A loopback port for a server started later (a child process, or a hop
+/// brought up again on the same port). Taken from below the kernel's
+/// ephemeral range (32768-60999): a port from `bind(0)` is an ephemeral one,
+/// which any outgoing connection may take before the server binds it ("Address
+/// already in use"). Below the range only listeners compete; each test process
+/// starts at its own offset and never hands out a port twice.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LO: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LO + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LO}..{}", LO + SPAN)
+}
+
 /// Process logs for debugging a failing test: `RUST_LOG=otel_anomaly=debug cargo test …`.
 pub fn init_logs() {
     if let Ok(level) = std::env::var("RUST_LOG") {

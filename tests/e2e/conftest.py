@@ -27,10 +27,32 @@ TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 BINARY = Path(os.environ.get("OTEL_ANOMALY_BIN", TARGET_DIR / "debug" / "otel-anomaly"))
 
 
+# Ports handed to child processes come from below the kernel's ephemeral
+# range (32768-60999 by default). A port taken with bind(0) and released is an
+# ephemeral one, which any outgoing connection on the machine (the ES server's,
+# the SDK's, Rotel's) may take before the child binds it: that race made a
+# sidecar fail with "Address already in use". Below the range only listeners
+# compete, and this process never hands out the same port twice.
+_PORT_LO, _PORT_HI = 20000, 32000
+_next_port = _PORT_LO + (os.getpid() * 7919) % (_PORT_HI - _PORT_LO)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    global _next_port
+    for _ in range(_PORT_HI - _PORT_LO):
+        port = _next_port
+        _next_port = _PORT_LO + (_next_port + 1 - _PORT_LO) % (_PORT_HI - _PORT_LO)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {_PORT_LO}-{_PORT_HI}")
 
 
 def http(method: str, url: str, body=None, headers=None, timeout=10):
