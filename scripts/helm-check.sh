@@ -148,7 +148,19 @@ elasticsearch:
   setup: false
   urls: ["http://elasticsearch-master.logging.svc:9200"]
 EOF
-SETS+=("$WORK/corner-http-only.yaml" "$WORK/corner-grpc-only.yaml")
+cat > "$WORK/corner-http-tls-auth.yaml" <<'EOF'
+environment: dev
+receivers:
+  grpc:
+    enabled: false
+  tls:
+    enabled: true
+    existingSecret: sidecar-tls
+  auth:
+    enabled: true
+    existingSecret: sidecar-tokens
+EOF
+SETS+=("$WORK/corner-http-only.yaml" "$WORK/corner-grpc-only.yaml" "$WORK/corner-http-tls-auth.yaml")
 set_name() {
   case "$1" in
     default) echo "default values" ;;
@@ -268,19 +280,29 @@ for v in pod["volumes"]:
     for src in v.get("projected", {}).get("sources", []):
         for item in src.get("secret", {}).get("items", []):
             files["/etc/otel-anomaly/" + item["path"]] = src["secret"]["name"]
-if es:
-    for key in ("api_key_file", "password_file", "ca_file"):
-        if key in es:
-            check(es[key] in files, f"{key} {es[key]} is mounted from a Secret")
+# Every file the config names under the config directory is mounted from a
+# Secret (Elasticsearch, receiver TLS and tokens, the next OTLP hop, push).
+def walk(node, path):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from walk(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from walk(v, f"{path}[{i}]")
+    elif isinstance(node, str) and node.startswith("/etc/otel-anomaly/"):
+        yield path, node
+secret_paths = list(walk(cfg, ""))
+for key, path in secret_paths:
+    check(path in files, f"{key} {path} is mounted from a Secret")
 push = cfg.get("push", {})
-for key in ("token_file", "ca_file"):
-    if key in push:
-        check(push[key] in files, f"push.{key} {push[key]} is mounted from a Secret")
 check(len(by_kind.get("PodDisruptionBudget", [])) <= 1, "at most one PDB")
 if errors:
     print("\n".join(errors))
     sys.exit(1)
-print(f"{len(docs)} manifests, environment={cfg['environment']}, elasticsearch={'yes' if es else 'no'}, push={'yes' if push.get('url') else 'no'}")
+tls = "mtls" if cfg["receiver"]["grpc"].get("tls", {}).get("client_ca_file") else ("yes" if cfg["receiver"]["grpc"].get("tls") else "no")
+otlp = cfg.get("export", {}).get("otlp", {})
+print(f"{len(docs)} manifests, environment={cfg['environment']}, elasticsearch={'yes' if es else 'no'}, push={'yes' if push.get('url') else 'no'}, "
+      f"receiver tls={tls}, auth={len(cfg['receiver'].get('auth', {}).get('token_files', []))} tokens, otlp={'yes' if otlp.get('endpoint') else 'no'}, secret files={len(secret_paths)}")
 PY
   ); then
     pass "$(set_name "$s"): $out"
@@ -296,20 +318,24 @@ step "rendered config.yaml accepted by otel-anomaly check-config"
 if [ -z "$BIN" ]; then
   echo "   skip  no built binary"
 else
-  # The secret files exist only in the pod: point their keys at stand-ins.
-  printf 'stand-in\n' > "$WORK/secret"
-  printf -- '-----BEGIN CERTIFICATE-----\nstand-in\n-----END CERTIFICATE-----\n' > "$WORK/ca.pem"
+  # The secret files exist only in the pod: the config is checked with its
+  # /etc/otel-anomaly/secrets/ paths moved to stand-in files (PEM-shaped for
+  # certificates and keys, one line for tokens and passwords).
   for s in "${SETS[@]}"; do
     cfg="$WORK/config-$(basename "$s")"
     [ -f "$cfg" ] || { fail "$(set_name "$s"): no rendered config"; continue; }
-    overrides=()
-    grep -q '^    api_key_file:' "$cfg" && overrides+=("OTEL_ANOMALY_EXPORT__ELASTICSEARCH__API_KEY_FILE=$WORK/secret")
-    grep -q '^    password_file:' "$cfg" && overrides+=("OTEL_ANOMALY_EXPORT__ELASTICSEARCH__PASSWORD_FILE=$WORK/secret")
-    grep -q '^    ca_file:' "$cfg" && overrides+=("OTEL_ANOMALY_EXPORT__ELASTICSEARCH__CA_FILE=$WORK/ca.pem")
-    grep -q '^  token_file:' "$cfg" && overrides+=("OTEL_ANOMALY_PUSH__TOKEN_FILE=$WORK/secret")
-    grep -q '^  ca_file:' "$cfg" && overrides+=("OTEL_ANOMALY_PUSH__CA_FILE=$WORK/ca.pem")
+    sec="$WORK/secrets-$(basename "$s" .yaml)"
+    mkdir -p "$sec"
+    for f in $(grep -o '/etc/otel-anomaly/secrets/[A-Za-z0-9._-]*' "$cfg" | sort -u); do
+      case "$f" in
+        *.crt) printf -- '-----BEGIN CERTIFICATE-----\nstand-in\n-----END CERTIFICATE-----\n' ;;
+        *.key) printf -- '-----BEGIN PRIVATE KEY-----\nstand-in\n-----END PRIVATE KEY-----\n' ;;
+        *) printf 'stand-in\n' ;;
+      esac > "$sec/$(basename "$f")"
+    done
+    sed "s#/etc/otel-anomaly/secrets/#$sec/#g" "$cfg" > "$cfg.local"
     # env -u: the binary reads every OTEL_ANOMALY_* variable as a config override, this script's own included.
-    if out=$(env -u OTEL_ANOMALY_BIN "${overrides[@]}" "$BIN" check-config "$cfg" 2>&1); then
+    if out=$(env -u OTEL_ANOMALY_BIN "$BIN" check-config "$cfg.local" 2>&1); then
       pass "$(set_name "$s")"
     else
       fail "$(set_name "$s")"
@@ -346,20 +372,38 @@ for s in "${SETS[@]}"; do
     indent < "$WORK/err"
     continue
   fi
-  if out=$("$PY" - "$WORK/notes.yaml" "$RELEASE" "$NAMESPACE" <<'PY' 2>&1
+  if out=$("$PY" - "$WORK/notes.yaml" "$RELEASE" "$NAMESPACE" "$WORK/config-$(basename "$s")" <<'PY' 2>&1
 import sys, yaml
 notes = yaml.safe_load(open(sys.argv[1]))["data"]["notes"]
 release, ns = sys.argv[2], sys.argv[3]
+receiver = yaml.safe_load(open(sys.argv[4]))["receiver"]
+# The snippet must match the receivers: plaintext, TLS (a CA to trust), mTLS
+# (a client certificate too), bearer tokens (an authorization header).
+tls = receiver["grpc"].get("tls") or receiver["http"].get("tls")
+mtls = bool(tls and tls.get("client_ca_file"))
+auth = bool(receiver.get("auth"))
+scheme = "https" if tls else "http"
+# (plain OTLP/HTTP needs no tls block: its http:// endpoint says it.)
+plain_http = receiver["http"]["enabled"] and not receiver["grpc"]["enabled"]
+needed = ["ca_file: /etc/otelcol/otel-anomaly-ca.pem"] if tls else ([] if plain_http else ["insecure: true"])
+if mtls:
+    needed.append("cert_file: /etc/otelcol/client.pem")
+if auth:
+    needed.append('authorization: "Bearer ${env:OTEL_ANOMALY_TOKEN}"')
 snippets = {
-    "otlp exporter": (f"endpoint: {release}.{ns}.svc:4317", "insecure: true"),
-    "loadbalancing exporter": (f"hostname: {release}-headless.{ns}.svc", "insecure: true"),
-    "otlphttp exporter": (f"endpoint: http://{release}.{ns}.svc:4318", ""),
+    "otlp exporter": [f"endpoint: {release}.{ns}.svc:4317"],
+    "loadbalancing exporter": [f"hostname: {release}-headless.{ns}.svc"],
+    "otlphttp exporter": [f"endpoint: {scheme}://{release}.{ns}.svc:4318"],
 }
-found = [k for k, (endpoint, tls) in snippets.items() if endpoint in notes and tls in notes]
+found = [k for k, must in snippets.items() if all(m in notes for m in must)]
 if len(found) != 1:
     print(notes)
     sys.exit("expected exactly one collector exporter snippet for this release's Service")
-print(found[0])
+missing = [m for m in needed if m not in notes]
+if missing or (not tls and "ca_file: /etc/otelcol" in notes) or (tls and "insecure: true" in notes):
+    print(notes)
+    sys.exit(f"the snippet does not match the receivers (tls={bool(tls)}, auth={auth}): missing {missing}")
+print(f"{found[0]} ({'mTLS' if mtls else 'TLS' if tls else 'plaintext'}{', bearer token' if auth else ''})")
 PY
   ); then
     pass "$(set_name "$s"): $out snippet"
@@ -777,6 +821,22 @@ negative "only used with an https" 'push CA with an http URL' --set push.enabled
   --set push.token.existingSecret=t --set push.tls.ca.existingSecret=ca
 negative "$SCHEMA_ERR" 'push URL without scheme' --set push.url=agg:4320
 negative "$SCHEMA_ERR" 'unknown push tuning key' --set config.push.batch=5
+
+step "sidecar: bad receiver TLS / auth, next-hop and write-ahead queue values must fail helm template"
+negative "needs receivers.tls.existingSecret" 'receiver TLS without a certificate Secret' --set receivers.tls.enabled=true
+negative "needs receivers.tls.enabled" 'client CA (mTLS) without TLS' --set receivers.tls.clientCa.existingSecret=ca
+negative "needs receivers.auth.existingSecret" 'receiver auth without a token Secret' --set receivers.auth.enabled=true
+negative "$SCHEMA_ERR" 'receiver auth with no token keys' --set receivers.auth.enabled=true \
+  --set receivers.auth.existingSecret=t --set 'receivers.auth.keys=null'
+negative "set config.export.otlp.endpoint" 'next-hop secret without an endpoint' --set otlpExport.authorization.existingSecret=hop
+negative "only used with an https" 'next-hop CA with an http endpoint' --set config.export.otlp.endpoint=http://hop:4317 \
+  --set otlpExport.tls.ca.existingSecret=ca
+negative "$SCHEMA_ERR" 'Authorization as a plain next-hop header' --set config.export.otlp.endpoint=http://hop:4317 \
+  --set config.export.otlp.headers.Authorization=secret
+negative "$SCHEMA_ERR" 'next-hop protocol "kafka"' --set config.export.otlp.protocol=kafka
+negative "$SCHEMA_ERR" 'chart-owned authorization_file under config' --set config.export.otlp.authorization_file=/tmp/a
+negative "$SCHEMA_ERR" 'write-ahead queue sync "sometimes"' --set config.wal.sync=sometimes
+negative "$SCHEMA_ERR" 'write-ahead queue under 1 MiB' --set config.wal.max_bytes=1000
 
 # ---------------------------------------------------------------- summary
 

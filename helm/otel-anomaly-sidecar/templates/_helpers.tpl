@@ -63,6 +63,13 @@ app.kubernetes.io/part-of: otel-anomaly
 {{- define "otel-anomaly-sidecar.caFile" -}}/etc/otel-anomaly/secrets/elasticsearch-ca.crt{{- end }}
 {{- define "otel-anomaly-sidecar.pushTokenFile" -}}/etc/otel-anomaly/secrets/push-token{{- end }}
 {{- define "otel-anomaly-sidecar.pushCaFile" -}}/etc/otel-anomaly/secrets/aggregator-ca.crt{{- end }}
+{{- define "otel-anomaly-sidecar.receiverCertFile" -}}/etc/otel-anomaly/secrets/receiver-tls.crt{{- end }}
+{{- define "otel-anomaly-sidecar.receiverKeyFile" -}}/etc/otel-anomaly/secrets/receiver-tls.key{{- end }}
+{{- define "otel-anomaly-sidecar.receiverClientCaFile" -}}/etc/otel-anomaly/secrets/receiver-client-ca.crt{{- end }}
+{{/* Token file of receivers.auth.keys[i]: pass (dict "i" i). */}}
+{{- define "otel-anomaly-sidecar.receiverTokenFile" -}}/etc/otel-anomaly/secrets/receiver-token-{{ .i }}{{- end }}
+{{- define "otel-anomaly-sidecar.otlpAuthorizationFile" -}}/etc/otel-anomaly/secrets/otlp-authorization{{- end }}
+{{- define "otel-anomaly-sidecar.otlpCaFile" -}}/etc/otel-anomaly/secrets/otlp-ca.crt{{- end }}
 
 {{/* host:port for a listener; IPv6 hosts get brackets. */}}
 {{- define "otel-anomaly-sidecar.listen" -}}
@@ -103,6 +110,23 @@ Checks across values, with plain messages (values.schema.json checks each value)
 {{- fail "push.tls.ca is only used with an https:// push.url" }}
 {{- end }}
 {{- end }}
+{{- $rtls := $v.receivers.tls }}
+{{- if and $rtls.enabled (not $rtls.existingSecret) }}
+{{- fail "receivers.tls.enabled needs receivers.tls.existingSecret (a kubernetes.io/tls Secret with the listeners' certificate and key)" }}
+{{- end }}
+{{- if and $rtls.clientCa.existingSecret (not $rtls.enabled) }}
+{{- fail "receivers.tls.clientCa (mTLS) needs receivers.tls.enabled" }}
+{{- end }}
+{{- if and $v.receivers.auth.enabled (not $v.receivers.auth.existingSecret) }}
+{{- fail "receivers.auth.enabled needs receivers.auth.existingSecret (the Secret whose receivers.auth.keys each hold one accepted token)" }}
+{{- end }}
+{{- $otlp := (($v.config.export | default dict).otlp) | default dict }}
+{{- if and (or $v.otlpExport.authorization.existingSecret $v.otlpExport.tls.ca.existingSecret) (not $otlp.endpoint) }}
+{{- fail "otlpExport secrets need the next hop: set config.export.otlp.endpoint" }}
+{{- end }}
+{{- if and $v.otlpExport.tls.ca.existingSecret $otlp.endpoint (not (hasPrefix "https://" $otlp.endpoint)) }}
+{{- fail "otlpExport.tls.ca is only used with an https:// config.export.otlp.endpoint" }}
+{{- end }}
 {{- $es := $v.elasticsearch }}
 {{- if $es.enabled }}
 {{- if and $es.urls $es.cloudId }}
@@ -135,6 +159,22 @@ The sidecar's configuration file. Chart-owned keys are merged over `config`
 {{- $receiver := dict
   "grpc" (dict "enabled" $v.receivers.grpc.enabled "listen" (include "otel-anomaly-sidecar.listen" (dict "host" $host "port" $v.receivers.grpc.port)))
   "http" (dict "enabled" $v.receivers.http.enabled "listen" (include "otel-anomaly-sidecar.listen" (dict "host" $host "port" $v.receivers.http.port))) }}
+{{- $rtls := $v.receivers.tls }}
+{{- if $rtls.enabled }}
+{{- $tls := dict "cert_file" (include "otel-anomaly-sidecar.receiverCertFile" .) "key_file" (include "otel-anomaly-sidecar.receiverKeyFile" .) }}
+{{- if $rtls.clientCa.existingSecret }}
+{{- $_ := set $tls "client_ca_file" (include "otel-anomaly-sidecar.receiverClientCaFile" .) }}
+{{- end }}
+{{- $_ := set $receiver.grpc "tls" $tls }}
+{{- $_ := set $receiver.http "tls" (deepCopy $tls) }}
+{{- end }}
+{{- if $v.receivers.auth.enabled }}
+{{- $files := list }}
+{{- range $i, $_ := $v.receivers.auth.keys }}
+{{- $files = append $files (include "otel-anomaly-sidecar.receiverTokenFile" (dict "i" $i)) }}
+{{- end }}
+{{- $_ := set $receiver "auth" (dict "token_files" $files) }}
+{{- end }}
 {{- $_ := set $owned "receiver" $receiver }}
 {{- $_ := set $owned "admin" (dict "listen" (include "otel-anomaly-sidecar.listen" (dict "host" $host "port" $v.admin.port))) }}
 {{- if $v.elasticsearch.enabled }}
@@ -157,6 +197,18 @@ The sidecar's configuration file. Chart-owned keys are merged over `config`
 {{- $_ := set $out "ca_file" (include "otel-anomaly-sidecar.caFile" .) }}
 {{- end }}
 {{- $_ := set $owned "export" (dict "elasticsearch" $out) }}
+{{- end }}
+{{- $otlpSecrets := dict }}
+{{- if $v.otlpExport.authorization.existingSecret }}
+{{- $_ := set $otlpSecrets "authorization_file" (include "otel-anomaly-sidecar.otlpAuthorizationFile" .) }}
+{{- end }}
+{{- if $v.otlpExport.tls.ca.existingSecret }}
+{{- $_ := set $otlpSecrets "ca_file" (include "otel-anomaly-sidecar.otlpCaFile" .) }}
+{{- end }}
+{{- if $otlpSecrets }}
+{{- $export := $owned.export | default dict }}
+{{- $_ := set $export "otlp" $otlpSecrets }}
+{{- $_ := set $owned "export" $export }}
 {{- end }}
 {{- if $v.push.enabled }}
 {{- $push := dict "url" $v.push.url "token_file" (include "otel-anomaly-sidecar.pushTokenFile" .) }}
@@ -207,9 +259,55 @@ while the Service sends it no traffic because it is not ready.
 {{- end }}
 {{- end }}
 
-{{/* Port of push.url (explicit, else 443 / 80 by scheme). */}}
-{{- define "otel-anomaly-sidecar.pushPort" -}}
-{{- $u := urlParse .Values.push.url }}
+{{/* Port of a URL (explicit, else 443 / 80 by scheme). */}}
+{{- define "otel-anomaly-sidecar.urlPort" -}}
+{{- $u := urlParse . }}
 {{- $parts := splitList ":" $u.host }}
 {{- if gt (len $parts) 1 }}{{ last $parts }}{{ else }}{{ ternary 443 80 (eq $u.scheme "https") }}{{ end }}
+{{- end }}
+
+{{/* Port of push.url. */}}
+{{- define "otel-anomaly-sidecar.pushPort" -}}
+{{- include "otel-anomaly-sidecar.urlPort" .Values.push.url }}
+{{- end }}
+
+{{/* Ports of processor mode's next hop (config.export.otlp endpoint and per-signal endpoints), one per line. */}}
+{{- define "otel-anomaly-sidecar.nextHopPorts" -}}
+{{- $otlp := ((.Values.config.export | default dict).otlp) | default dict }}
+{{- $ports := list }}
+{{- with $otlp.endpoint }}{{ $ports = append $ports (include "otel-anomaly-sidecar.urlPort" .) }}{{ end }}
+{{- range $signal := list "traces" "metrics" "logs" }}
+{{- with (get $otlp $signal) }}{{ with .endpoint }}{{ $ports = append $ports (include "otel-anomaly-sidecar.urlPort" .) }}{{ end }}{{ end }}
+{{- end }}
+{{- join "\n" (uniq $ports) }}
+{{- end }}
+
+{{/*
+NOTES.txt: the collector exporter's tls (and headers) block for the sidecar's
+receivers; pass (dict "Values" .Values "indent" N).
+*/}}
+{{- define "otel-anomaly-sidecar.notesClientTls" -}}
+{{- $tls := .Values.receivers.tls }}
+{{- $lines := list "tls:" }}
+{{- if $tls.enabled }}
+{{- $lines = append $lines "  ca_file: /etc/otelcol/otel-anomaly-ca.pem   # the CA that signed receivers.tls' certificate" }}
+{{- if $tls.clientCa.existingSecret }}
+{{- $lines = append $lines "  cert_file: /etc/otelcol/client.pem   # mTLS: signed by the CA in receivers.tls.clientCa" }}
+{{- $lines = append $lines "  key_file: /etc/otelcol/client-key.pem" }}
+{{- end }}
+{{- else }}
+{{- $lines = append $lines "  insecure: true   # the sidecar's OTLP receivers speak plaintext (receivers.tls.enabled is false)" }}
+{{- end }}
+{{- range $lines }}
+{{ . | indent (int $.indent) }}
+{{- end }}
+{{- include "otel-anomaly-sidecar.notesAuthHeader" . }}
+{{- end }}
+
+{{/* NOTES.txt: the collector exporter's authorization header when receivers.auth is on. */}}
+{{- define "otel-anomaly-sidecar.notesAuthHeader" -}}
+{{- if .Values.receivers.auth.enabled }}
+{{ "headers:" | indent (int .indent) }}
+{{ "  authorization: \"Bearer ${env:OTEL_ANOMALY_TOKEN}\"   # a token from receivers.auth's Secret" | indent (int .indent) }}
+{{- end }}
 {{- end }}
