@@ -24,6 +24,11 @@ pub const MAGIC: &[u8; 8] = b"OTANSNAP";
 /// version 2: the detector relearns from the live stream).
 pub const VERSION: u32 = 2;
 
+/// Largest ratio of decoded to file size accepted (gzip bombs are refused).
+pub const MAX_INFLATION: u64 = 64;
+/// Decoded size always accepted, whatever the file's size.
+pub const MIN_INFLATED_LIMIT: u64 = 64 << 20;
+
 /// Why a snapshot could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -87,6 +92,14 @@ pub fn encode(body: &SnapshotBody) -> Vec<u8> {
 
 /// Decodes a snapshot file's bytes; `environment` must match when given.
 pub fn decode(bytes: &[u8], environment: Option<&str>) -> Result<SnapshotBody, SnapshotError> {
+    decode_with_floor(bytes, environment, MIN_INFLATED_LIMIT)
+}
+
+fn decode_with_floor(
+    bytes: &[u8],
+    environment: Option<&str>,
+    floor: u64,
+) -> Result<SnapshotBody, SnapshotError> {
     if bytes.len() < 12 || &bytes[..8] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
@@ -102,10 +115,21 @@ pub fn decode(bytes: &[u8], environment: Option<&str>) -> Result<SnapshotBody, S
             },
         });
     }
+    // A damaged or hostile file must not make the sidecar inflate without
+    // bound (a gzip bomb): real snapshots compress 3-10x, so more than
+    // MAX_INFLATION times the file's size (and past the floor) is refused.
+    let limit = ((bytes.len() as u64).saturating_mul(MAX_INFLATION)).max(floor);
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(&bytes[12..])
+        .take(limit + 1)
         .read_to_end(&mut raw)
         .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+    if raw.len() as u64 > limit {
+        return Err(SnapshotError::Corrupt(format!(
+            "it inflates to more than {limit} bytes ({MAX_INFLATION}x its {} bytes): not a snapshot this build wrote",
+            bytes.len()
+        )));
+    }
     let body: SnapshotBody =
         postcard::from_bytes(&raw).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
     if let Some(expected) = environment {
@@ -122,6 +146,33 @@ pub fn decode(bytes: &[u8], environment: Option<&str>) -> Result<SnapshotBody, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gzip_bomb_is_refused_without_inflating_it_all() {
+        // 16 MiB of zeros compresses to ~16 KiB: far past 64x (and, in this
+        // test, past a 1 MiB floor; the real floor is MIN_INFLATED_LIMIT).
+        let mut gz = flate2::write::GzEncoder::new(
+            [MAGIC.as_slice(), &VERSION.to_le_bytes()].concat(),
+            flate2::Compression::fast(),
+        );
+        gz.write_all(&vec![0u8; 16 << 20]).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 256 << 10, "{}", bomb.len());
+        match decode_with_floor(&bomb, None, 1 << 20) {
+            Err(SnapshotError::Corrupt(m)) => assert!(m.contains("inflates to more than"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // A real snapshot, however small, still decodes (the floor).
+        let body = SnapshotBody {
+            environment: "prod".into(),
+            created_unix_ns: 1,
+            spans: vec![vec![7u8; 1000]],
+            metrics: vec![],
+            logs: vec![],
+        };
+        let back = decode(&encode(&body), Some("prod")).unwrap();
+        assert_eq!(back.spans, body.spans);
+    }
     use crate::detect::span::{SpanDetector, SpanObs, SpanParams};
 
     const MS: u64 = 1_000_000;
