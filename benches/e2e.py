@@ -145,16 +145,21 @@ class Noida:
         self.proc = subprocess.Popen(
             taskset(cpus) + [exe, "start", "--only", "elasticsearch", "--elasticsearch-port", str(self.port),
                              "--host", "127.0.0.1", "--data-dir", str(data)],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         wait_port(self.port, self.proc, "noida-db")
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        # The whole group: `noida-db` is a wrapper whose child is the server.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
         self.log.close()
 
 

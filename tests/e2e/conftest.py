@@ -89,17 +89,30 @@ def wait_until(pred, timeout=30.0, interval=0.1, what="condition"):
 
 
 class Server:
+    """A server started in a session of its own (start_new_session=True), so
+    that stopping it stops its whole process group: the `noida-db` command is a
+    Python wrapper that runs the real server as its child, and terminating the
+    wrapper alone left the server running after the tests."""
+
     def __init__(self, proc, url, logfile):
         self.proc, self.url, self.logfile = proc, url, logfile
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self._signal_group(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal_group(signal.SIGKILL)
                 self.proc.wait(timeout=5)
+        # The wrapper may be gone while its child still runs.
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig):
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def start_noida(tmp: Path) -> Server:
@@ -111,7 +124,7 @@ def start_noida(tmp: Path) -> Server:
     log = open(tmp / f"noida-{port}.log", "w")
     proc = subprocess.Popen(
         [exe, "start", "--only", "elasticsearch", "--elasticsearch-port", str(port), "--host", "127.0.0.1", "--data-dir", str(data)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: http("GET", url + "/")[0] == 200, timeout=60, what="noida-db to start")
@@ -125,7 +138,7 @@ def start_osmem(tmp: Path) -> Server:
     log = open(tmp / f"osmem-{port}.log", "w")
     proc = subprocess.Popen(
         [osmem_server.resolve_binary(), "--addr", f"127.0.0.1:{port}", "--no-stdin-watch", "--no-ja"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: http("GET", url + "/")[0] == 200, timeout=60, what="osmem-server to start")
