@@ -800,3 +800,130 @@ async fn models_of_an_older_or_newer_format_version_are_refused() {
     let d = otel_anomaly::pipeline::process::Detectors::new(&config::Settings::default());
     job::load_model(&d, &path, "prod").expect("current version loads");
 }
+
+/// Detector state after `n` spans of each (name, latency) pair of service
+/// `checkout`, one every 3 s per name, the last one a minute ago.
+fn learned(pairs: &[(&str, f64)], n: u64) -> Vec<u8> {
+    let p = processor("prod");
+    let now = otel_anomaly::train::now_ns();
+    let mut spans = Vec::new();
+    for (k, (name, ms)) in pairs.iter().enumerate() {
+        for i in 0..n {
+            let t = now - MIN - (n - i) * 3 * S;
+            let id = (k as u64 + 1) * 100_000 + i;
+            spans.push(span_at(id, t, ms * jitter(id), name, false));
+        }
+    }
+    spans.sort_by_key(|s| s.start_time_unix_nano);
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource("checkout", "prod")),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    p.process(Payload::Traces(req));
+    p.detectors().snapshot("prod", now)
+}
+
+/// `--model` together with the sidecar's own restored snapshot
+/// (`<data_dir>/detectors.snap`): the own state wins per key, and keys
+/// only one side knows are kept from that side (docs/train.md, "Starting
+/// from a model, and merging").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_and_own_snapshot_merge_per_key_with_the_own_state_winning() {
+    // "GET /both" is 40 ms in the model but 400 ms in the sidecar's own
+    // state; "GET /model-only" (40 ms) only in the model; "GET /own-only"
+    // (40 ms) only in the own snapshot; "GET /neither" nowhere.
+    let model_bytes = learned(&[("GET /both", 40.0), ("GET /model-only", 40.0)], 300);
+    let own_bytes = learned(&[("GET /both", 400.0), ("GET /own-only", 40.0)], 300);
+    let (model_keys, _) = keys_of(&model_bytes, "prod");
+    let (own_keys, _) = keys_of(&own_bytes, "prod");
+    let both = span_key("checkout", "GET /both");
+    assert!(model_keys.contains(&both) && own_keys.contains(&both));
+    assert!(!own_keys.contains(&span_key("checkout", "GET /model-only")));
+    assert!(!model_keys.contains(&span_key("checkout", "GET /own-only")));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.snap");
+    std::fs::write(&model, &model_bytes).expect("write model");
+    let mut cfg = base_config(dir.path());
+    cfg.settings.environment = "prod".into();
+    cfg.settings.detect.model = Some(model.clone());
+    assert!(cfg.settings.detect.snapshot.enabled);
+    let own = cfg.snapshot_path();
+    std::fs::create_dir_all(own.parent().expect("parent")).expect("data dir");
+    std::fs::write(&own, &own_bytes).expect("write own snapshot");
+
+    let sc = Sidecar::start(cfg).await;
+    // 20 spans of each name at 400 ms, in the sidecar's first seconds.
+    let now = otel_anomaly::train::now_ns();
+    let names = [
+        "GET /both",
+        "GET /model-only",
+        "GET /own-only",
+        "GET /neither",
+    ];
+    let mut spans = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        for i in 0..20u64 {
+            let id = 5_000_000 + k as u64 * 1000 + i;
+            spans.push(span_at(
+                id,
+                now - 20 * S + i * S,
+                400.0 * jitter(id),
+                name,
+                false,
+            ));
+        }
+    }
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource("checkout", "prod")),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    assert!(sc.post_traces(&req).await.status().is_success());
+    eventually("80 span documents written", WAIT, || {
+        let n = span_docs(dir.path()).len();
+        async move { n >= 80 }
+    })
+    .await;
+    sc.shutdown().await;
+    let mut scores: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for d in span_docs(dir.path()) {
+        let name = d["name"].as_str().unwrap_or_default().to_string();
+        scores
+            .entry(name)
+            .or_default()
+            .push(d["anomaly"]["score"].as_f64().unwrap_or(-1.0));
+    }
+    let flagged = |name: &str| scores[name].iter().filter(|s| **s >= 50.0).count();
+    assert!(scores.values().all(|v| v.len() == 20), "{scores:?}");
+    // The key both know: the own snapshot's 400 ms baseline, not the model's 40 ms.
+    assert_eq!(
+        flagged("GET /both"),
+        0,
+        "the model won over the own snapshot: {scores:?}"
+    );
+    // A key only the model knows keeps the model's baseline: 400 ms is flagged.
+    assert!(
+        flagged("GET /model-only") >= 15,
+        "model-only key lost: {scores:?}"
+    );
+    // A key only the own snapshot knows survives the model being loaded first.
+    assert!(
+        flagged("GET /own-only") >= 15,
+        "own-only key lost: {scores:?}"
+    );
+    // A key neither knows is in its cold start: nothing can be flagged, so
+    // the flags above come from the restored baselines.
+    assert_eq!(flagged("GET /neither"), 0, "{scores:?}");
+}
