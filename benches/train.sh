@@ -36,9 +36,6 @@ PAGE="${PAGE_SIZE:-5000}"
 MAX_RSS_MIB="${MAX_SERVER_RSS_MIB:-8192}"
 case "$SERVER" in noida|osmem) ;; *) echo "--server must be noida or osmem" >&2; exit 2 ;; esac
 
-cargo build --release --locked --bin otel-anomaly
-BIN=target/release/otel-anomaly
-
 WORK="$(mktemp -d)"
 SERVER_PID=""
 WATCH_PID=""
@@ -107,6 +104,9 @@ python3 benches/train_seed.py --url "$URL" --docs "$N" --env bench --profile "$P
   --connections "$CONNECTIONS" "${SEED_ARGS[@]}"
 echo "server after seeding: $(rss_mib) MiB resident, $(cpu_s) CPU-s so far"
 
+# Built after seeding, so that a first build overlaps nothing that is timed.
+cargo build --release --locked --bin otel-anomaly
+BIN=target/release/otel-anomaly
 echo "==> train (release, page size $PAGE)"
 CPU0="$(cpu_s)"
 /usr/bin/time -f "train: wall %e s, user %U s, sys %S s, max RSS %M KiB" \

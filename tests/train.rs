@@ -927,3 +927,151 @@ async fn model_and_own_snapshot_merge_per_key_with_the_own_state_winning() {
     // the flags above come from the restored baselines.
     assert_eq!(flagged("GET /neither"), 0, "{scores:?}");
 }
+
+/// One config file with an Elasticsearch target per environment
+/// (`export.elasticsearch_targets`) and a central default: the prod sidecar
+/// writes to prod's cluster, and `train` given the same file (no `--es`)
+/// reads prod from there; an environment without an entry (staging) is read
+/// from the central cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_and_train_share_the_per_environment_targets() {
+    let (prod_es, central) = (EsServer::noida(), EsServer::noida());
+    let http = reqwest::Client::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("otel-anomaly.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "environment: prod\nexport:\n  elasticsearch:\n    urls: [\"{}\"]\n  elasticsearch_targets:\n    prod:\n      urls: [\"{}\"]\n",
+            central.url, prod_es.url
+        ),
+    )
+    .expect("config file");
+
+    // The prod sidecar, configured by that file.
+    let mut cfg =
+        config::resolve(Some(&file), &BTreeMap::new(), &FlagOverrides::default()).expect("config");
+    let base = base_config(dir.path());
+    cfg.settings.receiver = base.settings.receiver.clone();
+    cfg.settings.admin = base.settings.admin.clone();
+    cfg.settings.data_dir = base.settings.data_dir.clone();
+    cfg.settings.pipeline.workers = 1;
+    cfg.settings.shutdown_timeout = Duration::from_secs(5);
+    let sc = Sidecar::start(cfg).await;
+    let now = otel_anomaly::train::now_ns();
+    let spans: Vec<Span> = (0..30u64)
+        .map(|i| {
+            span_at(
+                7_000_000 + i,
+                now - 60 * S + i * S,
+                40.0 * jitter(i),
+                "GET /cart",
+                false,
+            )
+        })
+        .collect();
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource("checkout", "prod")),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    assert!(sc.post_traces(&req).await.status().is_success());
+    let prod_traces = stream_name(Signal::traces, DATASET, "prod");
+    let count = |url: String| {
+        let (http, index) = (http.clone(), prod_traces.clone());
+        async move {
+            let _ = http.post(format!("{url}/{index}/_refresh")).send().await;
+            match http.get(format!("{url}/{index}/_count")).send().await {
+                Ok(r) if r.status().is_success() => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["count"].as_u64())
+                    .unwrap_or(0),
+                _ => 0,
+            }
+        }
+    };
+    eventually("30 spans in prod's cluster", WAIT, || {
+        let c = count(prod_es.url.clone());
+        async move { c.await >= 30 }
+    })
+    .await;
+    sc.shutdown().await;
+    assert_eq!(
+        count(central.url.clone()).await,
+        0,
+        "prod wrote to the central cluster"
+    );
+
+    // Staging's history only in the central cluster.
+    let staging = processor("staging");
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource("checkout", "staging")),
+            scope_spans: vec![ScopeSpans {
+                spans: (0..40u64)
+                    .map(|i| {
+                        span_at(
+                            8_000_000 + i,
+                            now - 60 * S + i * S,
+                            200.0,
+                            "GET /cart",
+                            false,
+                        )
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let docs: Vec<(String, bytes::Bytes)> = staging
+        .process(Payload::Traces(req))
+        .into_iter()
+        .map(|d| (stream_name(Signal::traces, DATASET, "staging"), d.source))
+        .collect();
+    assert_eq!(docs.len(), 40);
+    central.bulk(&http, &docs).await;
+
+    // `train` with the same file and no --es: prod from prod's cluster...
+    let file_arg = file.display().to_string();
+    let run = |env: &str| {
+        let out_file = dir.path().join(format!("{env}.snap"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_otel-anomaly"))
+            .args([
+                "train",
+                "--config",
+                &file_arg,
+                "--environment",
+                env,
+                "--since",
+                "1h",
+            ])
+            .arg("--out")
+            .arg(&out_file)
+            .output()
+            .expect("binary runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out_file,
+        )
+    };
+    let (code, stdout, stderr, model) = run("prod");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("read 30 documents (30 spans"), "{stdout}");
+    let (spans, _) = keys_of(&std::fs::read(&model).expect("model"), "prod");
+    assert!(spans.contains(&span_key("checkout", "GET /cart")));
+    // ...and staging, which has no entry, from the central one.
+    let (code, stdout, stderr, model) = run("staging");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("read 40 documents (40 spans"), "{stdout}");
+    std::fs::read(&model).expect("staging model");
+}
