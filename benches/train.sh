@@ -3,7 +3,7 @@
 # history in a local Elasticsearch-compatible server. Everything stays on
 # loopback; the server and its data are removed at the end.
 #
-#   bash benches/train.sh [--server noida|osmem] [--profile small|full]
+#   bash benches/train.sh [--server noida|osmem|replay] [--profile small|full]
 #                         [--connections C] [N]
 #
 #   bash benches/train.sh                      # 1,000,000 small documents in noida-db
@@ -13,7 +13,10 @@
 # --server noida: noida-db (Elasticsearch API, point in time + search_after;
 #   data streams). --server osmem: osmem-server (OpenSearch API, in memory;
 #   plain indices of the same names, read with a scroll; the seeder installs
-#   lean index templates, see benches/train_seed.py).
+#   lean index templates, see benches/train_seed.py). --server replay:
+#   benches/train_replay.py, which serves the same history from memory,
+#   pre-encoded, to measure `train` without a server's cost (not an
+#   Elasticsearch; nothing is seeded).
 # --profile: document size (benches/train_seed.py); --connections: concurrent
 #   bulk connections of the seeder. PAGE_SIZE=N sets train's page size (5000).
 # The server is stopped when its memory passes MAX_SERVER_RSS_MIB (8192).
@@ -34,7 +37,7 @@ while [ $# -gt 0 ]; do
 done
 PAGE="${PAGE_SIZE:-5000}"
 MAX_RSS_MIB="${MAX_SERVER_RSS_MIB:-8192}"
-case "$SERVER" in noida|osmem) ;; *) echo "--server must be noida or osmem" >&2; exit 2 ;; esac
+case "$SERVER" in noida|osmem|replay) ;; *) echo "--server must be noida, osmem or replay" >&2; exit 2 ;; esac
 
 WORK="$(mktemp -d)"
 SERVER_PID=""
@@ -68,6 +71,11 @@ if [ "$SERVER" = noida ]; then
     --data-dir "$WORK/noida" >"$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   SERVER_NAME="noida-db $(pip show noida-db 2>/dev/null | sed -n 's/^Version: //p')"
+elif [ "$SERVER" = replay ]; then
+  python3 benches/train_replay.py --port "$PORT" --docs "$N" --env bench --profile "$PROFILE" \
+    --max-seconds 7200 >"$WORK/server.log" 2>&1 &
+  SERVER_PID=$!
+  SERVER_NAME="replay server (benches/train_replay.py)"
 else
   OSMEM_BIN="$(python3 -c 'import osmem_server; print(osmem_server.resolve_binary())')"
   "$OSMEM_BIN" --addr "127.0.0.1:$PORT" --no-stdin-watch --no-ja >"$WORK/server.log" 2>&1 &
@@ -75,7 +83,9 @@ else
   SERVER_NAME="osmem-server $(pip show osmem-server 2>/dev/null | sed -n 's/^Version: //p')"
   SEED_ARGS+=(--lean-mapping)
 fi
-for _ in $(seq 1 600); do
+# Up to 10 minutes (the replay server generates the whole history first).
+for _ in $(seq 1 6000); do
+  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; exit 1; }
   curl -fsS "$URL/" >/dev/null 2>&1 && break
   sleep 0.1
 done
@@ -99,15 +109,24 @@ cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$SERVER_PID/stat" 2>/dev/null |
 ) &
 WATCH_PID=$!
 
-echo "==> $SERVER_NAME at $URL: seeding $N documents ($PROFILE, $CONNECTIONS connection(s))"
-python3 benches/train_seed.py --url "$URL" --docs "$N" --env bench --profile "$PROFILE" \
-  --connections "$CONNECTIONS" "${SEED_ARGS[@]}"
-echo "server after seeding: $(rss_mib) MiB resident, $(cpu_s) CPU-s so far"
+if [ "$SERVER" = replay ]; then
+  echo "==> $SERVER_NAME at $URL: $N documents ($PROFILE) held in memory"
+else
+  echo "==> $SERVER_NAME at $URL: seeding $N documents ($PROFILE, $CONNECTIONS connection(s))"
+  python3 benches/train_seed.py --url "$URL" --docs "$N" --env bench --profile "$PROFILE" \
+    --connections "$CONNECTIONS" "${SEED_ARGS[@]}"
+fi
+echo "server before train: $(rss_mib) MiB resident, $(cpu_s) CPU-s so far"
 
 # Built after seeding, so that a first build overlaps nothing that is timed.
-cargo build --release --locked --bin otel-anomaly
-BIN=target/release/otel-anomaly
-echo "==> train (release, page size $PAGE)"
+# TRAIN_BIN=path uses that binary instead (the CI smoke uses the debug build).
+if [ -n "${TRAIN_BIN:-}" ]; then
+  BIN="$TRAIN_BIN"
+else
+  cargo build --release --locked --bin otel-anomaly
+  BIN=target/release/otel-anomaly
+fi
+echo "==> train ($BIN, page size $PAGE)"
 CPU0="$(cpu_s)"
 /usr/bin/time -f "train: wall %e s, user %U s, sys %S s, max RSS %M KiB" \
   "$BIN" train --es "$URL" --environment bench --since 15d --page-size "$PAGE" --out "$WORK/model.snap"
