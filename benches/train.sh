@@ -128,8 +128,15 @@ else
 fi
 echo "==> train ($BIN, page size $PAGE)"
 CPU0="$(cpu_s)"
-/usr/bin/time -f "train: wall %e s, user %U s, sys %S s, max RSS %M KiB" \
-  "$BIN" train --es "$URL" --environment bench --since 15d --page-size "$PAGE" --out "$WORK/model.snap"
+# /usr/bin/time (Debian package `time`) gives train's CPU and peak memory;
+# without it only the summary's wall time is printed.
+TIMER=()
+if [ -x /usr/bin/time ]; then
+  TIMER=(/usr/bin/time -f "train: wall %e s, user %U s, sys %S s, max RSS %M KiB")
+else
+  echo "(no /usr/bin/time: install the Debian package 'time' for train's CPU and memory)"
+fi
+"${TIMER[@]}" "$BIN" train --es "$URL" --environment bench --since 15d --page-size "$PAGE" --out "$WORK/model.snap"
 CPU1="$(cpu_s)"
 echo "server during train: $(python3 -c "print(round($CPU1 - $CPU0, 1))") CPU-s; peak server RSS $(cat "$WORK/server-peak-rss" 2>/dev/null || echo '?') MiB"
 ls -l "$WORK/model.snap"
