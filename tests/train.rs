@@ -1075,3 +1075,87 @@ async fn the_sidecar_and_train_share_the_per_environment_targets() {
     assert!(stdout.contains("read 40 documents (40 spans"), "{stdout}");
     std::fs::read(&model).expect("staging model");
 }
+
+/// Runs the real `otel-anomaly sidecar --model MODEL` of environment prod
+/// (listeners on loopback port 0, data under `dir`); it must exit by itself
+/// within 30 s. Returns (exit code, stdout + stderr).
+fn run_sidecar_with_model(dir: &Path, model: &Path) -> (i32, String) {
+    use std::process::Stdio;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_otel-anomaly"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_ANOMALY_")) {
+        cmd.env_remove(k);
+    }
+    let data = dir.join("data");
+    let mut child = cmd
+        .arg("sidecar")
+        .arg("--model")
+        .arg(model)
+        .env("OTEL_ANOMALY_ENVIRONMENT", "prod")
+        .env("OTEL_ANOMALY_DATA_DIR", &data)
+        .env("OTEL_ANOMALY_RECEIVER__GRPC__LISTEN", "127.0.0.1:0")
+        .env("OTEL_ANOMALY_RECEIVER__HTTP__LISTEN", "127.0.0.1:0")
+        .env("OTEL_ANOMALY_ADMIN__LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sidecar --model {} did not stop by itself", model.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
+    (
+        status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The `sidecar --model` flag of the real binary: a model of another
+/// environment or of an unknown format version stops start-up with the
+/// documented message naming the file and the option.
+#[test]
+fn the_sidecar_command_refuses_a_model_of_another_environment_or_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging.snap");
+    std::fs::write(
+        &staging,
+        processor("staging").detectors().snapshot("staging", 0),
+    )
+    .expect("write");
+    let (code, out) = run_sidecar_with_model(dir.path(), &staging);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "model {} (detect.model / --model)",
+            staging.display()
+        )) && out.contains("snapshot is for environment \"staging\"")
+            && out.contains("\"prod\""),
+        "{out}"
+    );
+
+    let mut bytes = processor("prod").detectors().snapshot("prod", 0);
+    bytes[8] = 9;
+    let future = dir.path().join("v9.snap");
+    std::fs::write(&future, &bytes).expect("write");
+    let (code, out) = run_sidecar_with_model(dir.path(), &future);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("(detect.model / --model)")
+            && out.contains("version 9 is not supported")
+            && out.contains("retrain"),
+        "{out}"
+    );
+}
