@@ -2,7 +2,18 @@
 """Seeds an Elasticsearch-compatible server with synthetic history in the
 sidecar's document layout (spans 70 %, metric points 25 %, logs 5 %), spread
 over the last 14 days, for `benches/train.sh`. Uses only the standard
-library; writes with the bulk API in chunks, bounded by --docs."""
+library; writes with the bulk API in chunks, bounded by --docs.
+
+--profile full: ~760 B documents with every resource attribute, scope and
+explanation the sidecar writes; --profile small: ~400 B documents with only
+what the detectors read (service.name as the resource, no scope, no
+explanation text, no data_stream object), as a sidecar with a minimal SDK
+resource writes them. --connections N: N processes, each generating and
+sending its own contiguous slice of the history over its own connection.
+--lean-mapping: install index templates that map the fields `train` checks
+(@timestamp, duration, severity_number) and the sidecar's keyword fields,
+with dynamic mapping off (everything else stays in _source, unindexed), for
+servers whose memory per indexed field is the limit."""
 
 import argparse
 import json
@@ -31,14 +42,26 @@ def resource(service: str, env: str) -> dict:
     }}
 
 
-def docs(n: int, env: str, dataset: str, seed: int):
-    rnd = random.Random(seed)
+def docs(n: int, env: str, dataset: str, seed: int, lo: int = 0, hi: int | None = None,
+         small: bool = False):
+    """Documents lo..hi of a history of n (the same timeline whatever the slice)."""
+    for index, doc in full_docs(n, env, dataset, seed, lo, n if hi is None else hi):
+        if small:
+            doc["resource"] = {"attributes": {"service.name": doc["resource"]["attributes"]["service.name"]}}
+            doc.pop("scope", None)
+            doc.pop("data_stream", None)
+            doc["anomaly"].pop("explanation", None)
+        yield index, doc
+
+
+def full_docs(n: int, env: str, dataset: str, seed: int, lo: int, hi: int):
+    rnd = random.Random(seed * 1_000_003 + lo)
     services = [f"svc-{i:02d}" for i in range(20)]
     ops = ["GET /items", "GET /items/{id}", "POST /orders", "GET /cart", "rpc Charge"]
     end = time.time_ns() - 60_000_000_000
     start = end - 14 * DAY * 1_000_000_000
     step = (end - start) // n
-    for i in range(n):
+    for i in range(lo, hi):
         t = start + i * step
         svc = services[i % len(services)]
         hour = (t // 1_000_000_000 % DAY) / 3600
@@ -92,43 +115,85 @@ def docs(n: int, env: str, dataset: str, seed: int):
             }
 
 
+def post(url: str, path: str, body: bytes, ctype: str = "application/x-ndjson", method: str = "POST"):
+    req = urllib.request.Request(url + path, data=body, headers={"Content-Type": ctype}, method=method)
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def lean_templates(url: str, dataset: str) -> None:
+    keyword = {"type": "keyword"}
+    extra = {
+        "traces": {"trace_id": keyword, "span_id": keyword, "parent_span_id": keyword, "name": keyword,
+                   "kind": keyword, "duration": {"type": "long"}, "status": {"properties": {"code": keyword}}},
+        "metrics": {"metric": {"properties": {"name": keyword, "type": keyword, "unit": keyword}}},
+        "logs": {"severity_text": keyword, "severity_number": {"type": "integer"}, "trace_id": keyword,
+                 "span_id": keyword},
+    }
+    for signal, fields in extra.items():
+        props = {"@timestamp": {"type": "date_nanos"},
+                 "anomaly": {"properties": {"score": {"type": "float"}, "severity": keyword}}}
+        props.update(fields)
+        body = {"index_patterns": [f"{signal}-{dataset}-*"], "priority": 250,
+                "template": {"mappings": {"dynamic": False, "properties": props}}}
+        post(url, f"/_index_template/otel-anomaly-bench-{signal}", json.dumps(body).encode(),
+             "application/json", "PUT")
+
+
+def send_slice(a, k: int) -> int:
+    """Worker k of a.connections: generates and sends its slice; returns documents sent."""
+    lo, hi = a.docs * k // a.connections, a.docs * (k + 1) // a.connections
+    body, sent, started = [], 0, time.monotonic()
+
+    def flush():
+        nonlocal body
+        if not body:
+            return
+        reply = post(a.url, "/_bulk", ("\n".join(body) + "\n").encode())
+        if reply.get("errors"):
+            bad = next(i for i in reply["items"] if list(i.values())[0].get("error"))
+            raise SystemExit(f"bulk item failed: {bad}")
+        body = []
+
+    for index, doc in docs(a.docs, a.env, a.dataset, a.seed, lo, hi, a.profile == "small"):
+        body.append(json.dumps({"create": {"_index": index}}))
+        body.append(json.dumps(doc, separators=(",", ":")))
+        sent += 1
+        if sent % a.chunk == 0:
+            flush()
+            if k == 0:
+                el = time.monotonic() - started
+                done = sent * a.connections
+                print(f"\r~{done}/{a.docs} documents, {done / el:.0f}/s", end="", file=sys.stderr)
+    flush()
+    return sent
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--url", required=True)
     ap.add_argument("--docs", type=int, default=1_000_000)
     ap.add_argument("--env", default="bench")
     ap.add_argument("--dataset", default="otel")
-    ap.add_argument("--chunk", type=int, default=5000)
+    ap.add_argument("--chunk", type=int, default=5000, help="documents per bulk request")
+    ap.add_argument("--connections", type=int, default=1, help="concurrent bulk connections (processes)")
+    ap.add_argument("--profile", choices=["full", "small"], default="full")
+    ap.add_argument("--lean-mapping", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
+    if a.lean_mapping:
+        lean_templates(a.url, a.dataset)
     started = time.monotonic()
-    body, sent = [], 0
-
-    def flush():
-        nonlocal body
-        if not body:
-            return
-        req = urllib.request.Request(a.url + "/_bulk", data=("\n".join(body) + "\n").encode(),
-                                     headers={"Content-Type": "application/x-ndjson"}, method="POST")
-        with urllib.request.urlopen(req, timeout=300) as r:
-            reply = json.loads(r.read())
-        if reply.get("errors"):
-            bad = next(i for i in reply["items"] if list(i.values())[0].get("error"))
-            raise SystemExit(f"bulk item failed: {bad}")
-        body = []
-
-    for index, doc in docs(a.docs, a.env, a.dataset, a.seed):
-        body.append(json.dumps({"create": {"_index": index}}))
-        body.append(json.dumps(doc, separators=(",", ":")))
-        sent += 1
-        if sent % a.chunk == 0:
-            flush()
-            el = time.monotonic() - started
-            print(f"\r{sent}/{a.docs} documents, {sent / el:.0f}/s", end="", file=sys.stderr)
-    flush()
-    urllib.request.urlopen(urllib.request.Request(a.url + "/_refresh", method="POST"), timeout=300).read()
+    if a.connections > 1:
+        import multiprocessing
+        with multiprocessing.Pool(a.connections) as pool:
+            sent = sum(pool.starmap(send_slice, [(a, k) for k in range(a.connections)]))
+    else:
+        sent = send_slice(a, 0)
+    post(a.url, "/_refresh", b"", "application/json")
     el = time.monotonic() - started
-    print(f"\nseeded {sent} documents in {el:.0f} s ({sent / el:.0f}/s)", file=sys.stderr)
+    print(f"\nseeded {sent} documents ({a.profile}) with {a.connections} connection(s) in {el:.0f} s "
+          f"({sent / el:.0f}/s)", file=sys.stderr)
     return 0
 
 

@@ -58,3 +58,8 @@ python3 -m pytest tests/e2e -q -p no:cacheprovider
 
 step "benchmark smoke (sidecar and Rotel under loadgen; completes, nothing lost; no timing assertions)"
 python3 benches/e2e.py --smoke --no-build
+
+step "train benchmark smoke (issue 6: benches/train.sh on noida-db, osmem-server and the replay server, small N, debug build; the long run is bash benches/train.sh, see BENCHMARKS.md)"
+for server in noida osmem replay; do
+  TRAIN_BIN=target/debug/otel-anomaly bash benches/train.sh --server "$server" 3000
+done

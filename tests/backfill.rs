@@ -199,3 +199,150 @@ async fn backfilled_events_reach_the_aggregator_marked_and_without_incidents() {
     assert_eq!(again.as_array().map(Vec::len), Some(n));
     agg.stop().await;
 }
+
+fn rfc3339(ns: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
+}
+
+/// Runs the real `otel-anomaly backfill` with `args` and `env` (nothing
+/// else of this process's environment that configures it); returns (exit
+/// code, stdout, stderr).
+fn run_backfill(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_otel-anomaly"));
+    cmd.arg("backfill").args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_ANOMALY_")) {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `backfill` command itself (not only the library): `--print` shows
+/// the events, a run without it pushes exactly those to the aggregator,
+/// where they are stored as backfilled and open no incident; a bad range
+/// is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backfill_command_pushes_backfilled_events_and_prints_a_summary() {
+    let es = EsServer::noida();
+    let http = reqwest::Client::new();
+    let end = otel_anomaly::train::now_ns() - MIN;
+    let incident = (end - 50 * MIN, end - 20 * MIN);
+    es.bulk(&http, &history(end, incident)).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agg = Agg::start(&write_config(dir.path(), "")).await;
+    let token_file = dir.path().join("prod-client.token");
+    std::fs::write(&token_file, PROD_TOKEN).expect("token file");
+    let env = [
+        ("OTEL_ANOMALY_PUSH__URL", agg.grpc_url()),
+        (
+            "OTEL_ANOMALY_PUSH__TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        ("OTEL_ANOMALY_CLUSTER", "eu".to_string()),
+    ];
+    let (from, to) = (rfc3339(end - 170 * MIN), rfc3339(end));
+    let source = [
+        "--es",
+        es.url.as_str(),
+        "--environment",
+        "prod",
+        "--from",
+        from.as_str(),
+        "--to",
+        to.as_str(),
+    ];
+
+    // --print: the events as JSON lines on stdout, nothing pushed.
+    let mut args = source.to_vec();
+    args.push("--print");
+    let (code, stdout, stderr) = run_backfill(&args, &env);
+    assert_eq!(code, 0, "{stderr}");
+    let printed: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(!printed.is_empty(), "the incident makes events: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} backfilled anomaly events printed",
+            printed.len()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("read ") && stderr.contains("documents/s"),
+        "{stderr}"
+    );
+    for e in &printed {
+        assert_eq!(e["backfilled"], true, "{e}");
+        assert!(
+            e["event_id"].as_str().is_some_and(|id| id.ends_with("-b")),
+            "{e}"
+        );
+        let start = e["start_unix_nano"].as_u64().expect("start");
+        assert!(
+            start + 5 * MIN >= incident.0 && start < incident.1,
+            "outside the incident: {e}"
+        );
+    }
+    let (_, none) = agg.get("/api/v1/events?environment=prod&limit=1000").await;
+    assert_eq!(
+        none.as_array().map(Vec::len),
+        Some(0),
+        "--print pushed: {none}"
+    );
+
+    // Pushing: exit 0, the summary, and exactly the printed events stored as backfilled.
+    let (code, stdout, stderr) = run_backfill(&source, &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "{} backfilled anomaly events pushed to the aggregator",
+            printed.len()
+        )),
+        "{stderr}"
+    );
+    let (status, stored) = agg.get("/api/v1/events?environment=prod&limit=1000").await;
+    assert_eq!(status, 200);
+    let stored = stored.as_array().cloned().unwrap_or_default();
+    let ids = |v: &[serde_json::Value]| {
+        v.iter()
+            .map(|e| e["event_id"].as_str().unwrap_or_default().to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(ids(&stored), ids(&printed), "{stored:?}");
+    assert!(stored.iter().all(|e| e["backfilled"] == true), "{stored:?}");
+    assert!(
+        stored.iter().all(|e| e["incident_id"].is_null()),
+        "{stored:?}"
+    );
+    let (_, incidents) = agg.get("/api/v1/incidents?environment=prod").await;
+    assert_eq!(incidents.as_array().map(Vec::len), Some(0), "{incidents}");
+
+    // A range that ends before it starts: a usage error, exit 2.
+    let (code, _, stderr) = run_backfill(
+        &[
+            "--es",
+            es.url.as_str(),
+            "--environment",
+            "prod",
+            "--from",
+            to.as_str(),
+            "--to",
+            from.as_str(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--from must be before --to"), "{stderr}");
+    agg.stop().await;
+}

@@ -800,3 +800,362 @@ async fn models_of_an_older_or_newer_format_version_are_refused() {
     let d = otel_anomaly::pipeline::process::Detectors::new(&config::Settings::default());
     job::load_model(&d, &path, "prod").expect("current version loads");
 }
+
+/// Detector state after `n` spans of each (name, latency) pair of service
+/// `checkout`, one every 3 s per name, the last one a minute ago.
+fn learned(pairs: &[(&str, f64)], n: u64) -> Vec<u8> {
+    let p = processor("prod");
+    let now = otel_anomaly::train::now_ns();
+    let mut spans = Vec::new();
+    for (k, (name, ms)) in pairs.iter().enumerate() {
+        for i in 0..n {
+            let t = now - MIN - (n - i) * 3 * S;
+            let id = (k as u64 + 1) * 100_000 + i;
+            spans.push(span_at(id, t, ms * jitter(id), name, false));
+        }
+    }
+    spans.sort_by_key(|s| s.start_time_unix_nano);
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource("checkout", "prod")),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    p.process(Payload::Traces(req));
+    p.detectors().snapshot("prod", now)
+}
+
+/// `--model` together with the sidecar's own restored snapshot
+/// (`<data_dir>/detectors.snap`): the own state wins per key, and keys
+/// only one side knows are kept from that side (docs/train.md, "Starting
+/// from a model, and merging").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_and_own_snapshot_merge_per_key_with_the_own_state_winning() {
+    // "GET /both" is 40 ms in the model but 400 ms in the sidecar's own
+    // state; "GET /model-only" (40 ms) only in the model; "GET /own-only"
+    // (40 ms) only in the own snapshot; "GET /neither" nowhere.
+    let model_bytes = learned(&[("GET /both", 40.0), ("GET /model-only", 40.0)], 300);
+    let own_bytes = learned(&[("GET /both", 400.0), ("GET /own-only", 40.0)], 300);
+    let (model_keys, _) = keys_of(&model_bytes, "prod");
+    let (own_keys, _) = keys_of(&own_bytes, "prod");
+    let both = span_key("checkout", "GET /both");
+    assert!(model_keys.contains(&both) && own_keys.contains(&both));
+    assert!(!own_keys.contains(&span_key("checkout", "GET /model-only")));
+    assert!(!model_keys.contains(&span_key("checkout", "GET /own-only")));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model.snap");
+    std::fs::write(&model, &model_bytes).expect("write model");
+    let mut cfg = base_config(dir.path());
+    cfg.settings.environment = "prod".into();
+    cfg.settings.detect.model = Some(model.clone());
+    assert!(cfg.settings.detect.snapshot.enabled);
+    let own = cfg.snapshot_path();
+    std::fs::create_dir_all(own.parent().expect("parent")).expect("data dir");
+    std::fs::write(&own, &own_bytes).expect("write own snapshot");
+
+    let sc = Sidecar::start(cfg).await;
+    // 20 spans of each name at 400 ms, in the sidecar's first seconds.
+    let now = otel_anomaly::train::now_ns();
+    let names = [
+        "GET /both",
+        "GET /model-only",
+        "GET /own-only",
+        "GET /neither",
+    ];
+    let mut spans = Vec::new();
+    for (k, name) in names.iter().enumerate() {
+        for i in 0..20u64 {
+            let id = 5_000_000 + k as u64 * 1000 + i;
+            spans.push(span_at(
+                id,
+                now - 20 * S + i * S,
+                400.0 * jitter(id),
+                name,
+                false,
+            ));
+        }
+    }
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource("checkout", "prod")),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    assert!(sc.post_traces(&req).await.status().is_success());
+    eventually("80 span documents written", WAIT, || {
+        let n = span_docs(dir.path()).len();
+        async move { n >= 80 }
+    })
+    .await;
+    sc.shutdown().await;
+    let mut scores: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for d in span_docs(dir.path()) {
+        let name = d["name"].as_str().unwrap_or_default().to_string();
+        scores
+            .entry(name)
+            .or_default()
+            .push(d["anomaly"]["score"].as_f64().unwrap_or(-1.0));
+    }
+    let flagged = |name: &str| scores[name].iter().filter(|s| **s >= 50.0).count();
+    assert!(scores.values().all(|v| v.len() == 20), "{scores:?}");
+    // The key both know: the own snapshot's 400 ms baseline, not the model's 40 ms.
+    assert_eq!(
+        flagged("GET /both"),
+        0,
+        "the model won over the own snapshot: {scores:?}"
+    );
+    // A key only the model knows keeps the model's baseline: 400 ms is flagged.
+    assert!(
+        flagged("GET /model-only") >= 15,
+        "model-only key lost: {scores:?}"
+    );
+    // A key only the own snapshot knows survives the model being loaded first.
+    assert!(
+        flagged("GET /own-only") >= 15,
+        "own-only key lost: {scores:?}"
+    );
+    // A key neither knows is in its cold start: nothing can be flagged, so
+    // the flags above come from the restored baselines.
+    assert_eq!(flagged("GET /neither"), 0, "{scores:?}");
+}
+
+/// One config file with an Elasticsearch target per environment
+/// (`export.elasticsearch_targets`) and a central default: the prod sidecar
+/// writes to prod's cluster, and `train` given the same file (no `--es`)
+/// reads prod from there; an environment without an entry (staging) is read
+/// from the central cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_and_train_share_the_per_environment_targets() {
+    let (prod_es, central) = (EsServer::noida(), EsServer::noida());
+    let http = reqwest::Client::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("otel-anomaly.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "environment: prod\nexport:\n  elasticsearch:\n    urls: [\"{}\"]\n  elasticsearch_targets:\n    prod:\n      urls: [\"{}\"]\n",
+            central.url, prod_es.url
+        ),
+    )
+    .expect("config file");
+
+    // The prod sidecar, configured by that file.
+    let mut cfg =
+        config::resolve(Some(&file), &BTreeMap::new(), &FlagOverrides::default()).expect("config");
+    let base = base_config(dir.path());
+    cfg.settings.receiver = base.settings.receiver.clone();
+    cfg.settings.admin = base.settings.admin.clone();
+    cfg.settings.data_dir = base.settings.data_dir.clone();
+    cfg.settings.pipeline.workers = 1;
+    cfg.settings.shutdown_timeout = Duration::from_secs(5);
+    let sc = Sidecar::start(cfg).await;
+    let now = otel_anomaly::train::now_ns();
+    let spans: Vec<Span> = (0..30u64)
+        .map(|i| {
+            span_at(
+                7_000_000 + i,
+                now - 60 * S + i * S,
+                40.0 * jitter(i),
+                "GET /cart",
+                false,
+            )
+        })
+        .collect();
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource("checkout", "prod")),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    assert!(sc.post_traces(&req).await.status().is_success());
+    let prod_traces = stream_name(Signal::traces, DATASET, "prod");
+    let count = |url: String| {
+        let (http, index) = (http.clone(), prod_traces.clone());
+        async move {
+            let _ = http.post(format!("{url}/{index}/_refresh")).send().await;
+            match http.get(format!("{url}/{index}/_count")).send().await {
+                Ok(r) if r.status().is_success() => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["count"].as_u64())
+                    .unwrap_or(0),
+                _ => 0,
+            }
+        }
+    };
+    eventually("30 spans in prod's cluster", WAIT, || {
+        let c = count(prod_es.url.clone());
+        async move { c.await >= 30 }
+    })
+    .await;
+    sc.shutdown().await;
+    assert_eq!(
+        count(central.url.clone()).await,
+        0,
+        "prod wrote to the central cluster"
+    );
+
+    // Staging's history only in the central cluster.
+    let staging = processor("staging");
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource("checkout", "staging")),
+            scope_spans: vec![ScopeSpans {
+                spans: (0..40u64)
+                    .map(|i| {
+                        span_at(
+                            8_000_000 + i,
+                            now - 60 * S + i * S,
+                            200.0,
+                            "GET /cart",
+                            false,
+                        )
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let docs: Vec<(String, bytes::Bytes)> = staging
+        .process(Payload::Traces(req))
+        .into_iter()
+        .map(|d| (stream_name(Signal::traces, DATASET, "staging"), d.source))
+        .collect();
+    assert_eq!(docs.len(), 40);
+    central.bulk(&http, &docs).await;
+
+    // `train` with the same file and no --es: prod from prod's cluster...
+    let file_arg = file.display().to_string();
+    let run = |env: &str| {
+        let out_file = dir.path().join(format!("{env}.snap"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_otel-anomaly"))
+            .args([
+                "train",
+                "--config",
+                &file_arg,
+                "--environment",
+                env,
+                "--since",
+                "1h",
+            ])
+            .arg("--out")
+            .arg(&out_file)
+            .output()
+            .expect("binary runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            out_file,
+        )
+    };
+    let (code, stdout, stderr, model) = run("prod");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("read 30 documents (30 spans"), "{stdout}");
+    let (spans, _) = keys_of(&std::fs::read(&model).expect("model"), "prod");
+    assert!(spans.contains(&span_key("checkout", "GET /cart")));
+    // ...and staging, which has no entry, from the central one.
+    let (code, stdout, stderr, model) = run("staging");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("read 40 documents (40 spans"), "{stdout}");
+    std::fs::read(&model).expect("staging model");
+}
+
+/// Runs the real `otel-anomaly sidecar --model MODEL` of environment prod
+/// (listeners on loopback port 0, data under `dir`); it must exit by itself
+/// within 30 s. Returns (exit code, stdout + stderr).
+fn run_sidecar_with_model(dir: &Path, model: &Path) -> (i32, String) {
+    use std::process::Stdio;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_otel-anomaly"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("OTEL_ANOMALY_")) {
+        cmd.env_remove(k);
+    }
+    let data = dir.join("data");
+    let mut child = cmd
+        .arg("sidecar")
+        .arg("--model")
+        .arg(model)
+        .env("OTEL_ANOMALY_ENVIRONMENT", "prod")
+        .env("OTEL_ANOMALY_DATA_DIR", &data)
+        .env("OTEL_ANOMALY_RECEIVER__GRPC__LISTEN", "127.0.0.1:0")
+        .env("OTEL_ANOMALY_RECEIVER__HTTP__LISTEN", "127.0.0.1:0")
+        .env("OTEL_ANOMALY_ADMIN__LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sidecar --model {} did not stop by itself", model.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
+    (
+        status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The `sidecar --model` flag of the real binary: a model of another
+/// environment or of an unknown format version stops start-up with the
+/// documented message naming the file and the option.
+#[test]
+fn the_sidecar_command_refuses_a_model_of_another_environment_or_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let staging = dir.path().join("staging.snap");
+    std::fs::write(
+        &staging,
+        processor("staging").detectors().snapshot("staging", 0),
+    )
+    .expect("write");
+    let (code, out) = run_sidecar_with_model(dir.path(), &staging);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "model {} (detect.model / --model)",
+            staging.display()
+        )) && out.contains("snapshot is for environment \"staging\"")
+            && out.contains("\"prod\""),
+        "{out}"
+    );
+
+    let mut bytes = processor("prod").detectors().snapshot("prod", 0);
+    bytes[8] = 9;
+    let future = dir.path().join("v9.snap");
+    std::fs::write(&future, &bytes).expect("write");
+    let (code, out) = run_sidecar_with_model(dir.path(), &future);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("(detect.model / --model)")
+            && out.contains("version 9 is not supported")
+            && out.contains("retrain"),
+        "{out}"
+    );
+}

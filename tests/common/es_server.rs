@@ -54,12 +54,32 @@ fn wait_ready(port: u16, child: &mut Child, what: &str) {
     panic!("{what} did not answer on port {port} within 60 s");
 }
 
+/// The noida-db server binary inside its Python package. The `noida-db`
+/// command on PATH is a Python wrapper that runs the binary as its child:
+/// killing the wrapper (as `Drop` does) would leave the server running.
+fn noida_binary() -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            // chmod as the wrapper does: a wheel may install it without the execute bit.
+            "import os; from importlib.resources import files; \
+             p = str(files('noida_db').joinpath('noida-db')); os.chmod(p, 0o755); print(p)",
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "noida-db is not installed (pip install -r tests/e2e/requirements.txt; scripts/test.sh does)"
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 impl EsServer {
     /// Starts `noida-db` with only its Elasticsearch service.
     pub fn noida() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = crate::common::free_port();
-        let mut child = Command::new("noida-db")
+        let mut child = Command::new(noida_binary())
             .args(["start", "--only", "elasticsearch", "--elasticsearch-port"])
             .arg(port.to_string())
             .args(["--host", "127.0.0.1", "--data-dir"])
@@ -68,7 +88,7 @@ impl EsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("noida-db is not installed (pip install -r tests/e2e/requirements.txt; scripts/test.sh does)");
+            .expect("noida-db starts");
         let url = format!("http://127.0.0.1:{port}");
         wait_ready(port, &mut child, "noida-db");
         Self {
