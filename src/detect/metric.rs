@@ -1162,4 +1162,46 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    #[test]
+    fn histogram_bucket_memory_is_a_series_counted_against_the_cap() {
+        use crate::detect::histogram::{Buckets, ExpSide, HistogramObs, MAX_BUCKETS};
+        let mut d = MetricDetector::new(MetricParams {
+            max_series: 2,
+            ..MetricParams::default()
+        });
+        let counts = vec![3u64; 2000];
+        let obs = HistogramObs {
+            buckets: Buckets::Exponential {
+                scale: 10,
+                zero_count: 0,
+                zero_threshold: 0.0,
+                positive: ExpSide {
+                    offset: 0,
+                    counts: &counts,
+                },
+                negative: ExpSide::default(),
+            },
+            cumulative: true,
+            start_ns: 1,
+            min: None,
+            max: None,
+        };
+        assert_eq!(d.histogram_interval(10, &obs), Ok(None));
+        assert!(d.histogram_interval(10, &obs).unwrap().is_some());
+        assert_eq!(d.series(), 1);
+        // The state holding the previous counts is bounded like any series.
+        let st = d.states().next().unwrap();
+        assert!(
+            st.memory_bytes() <= std::mem::size_of::<SeriesState>() + 64 + MAX_BUCKETS * 8,
+            "{}",
+            st.memory_bytes()
+        );
+        d.observe(11, 0, PointValue::Gauge(1.0));
+        assert_eq!(d.series(), 2);
+        // Past the cap a histogram gets no quantiles (the overflow state is shared).
+        assert_eq!(d.histogram_interval(12, &obs), Ok(None));
+        assert_eq!(d.histogram_interval(12, &obs), Ok(None));
+        assert_eq!(d.series(), 2);
+    }
 }
