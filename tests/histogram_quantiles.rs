@@ -128,11 +128,15 @@ async fn a_p99_jump_is_an_anomaly_on_the_quantile_series_while_the_mean_barely_m
     assert!(lo <= last && last <= hi, "{last} outside {lo}..{hi}");
 
     let mut docs = Vec::new();
-    eventually("every metric point is written", Duration::from_secs(30), || {
-        docs = metric_docs(dir.path());
-        let n = docs.len();
-        async move { n as u64 > NORMAL_POINTS }
-    })
+    eventually(
+        "every metric point is written",
+        Duration::from_secs(30),
+        || {
+            docs = metric_docs(dir.path());
+            let n = docs.len();
+            async move { n as u64 > NORMAL_POINTS }
+        },
+    )
     .await;
     docs.sort_by_key(|d| d["@timestamp"].as_str().unwrap_or_default().to_string());
     let (normal_docs, jump) = docs.split_at(docs.len() - 1);

@@ -55,7 +55,10 @@ pub struct ExpSide<'a> {
 pub enum Buckets<'a> {
     /// Explicit bounds: bucket i holds (bounds[i−1], bounds[i]]; the first is
     /// open below, the last open above (`counts.len() == bounds.len() + 1`).
-    Explicit { bounds: &'a [f64], counts: &'a [u64] },
+    Explicit {
+        bounds: &'a [f64],
+        counts: &'a [u64],
+    },
     /// Base-2 exponential buckets: index i holds (b^i, b^(i+1)] with
     /// b = 2^(2^−scale); negative values mirror it; the zero bucket holds
     /// [−zero_threshold, zero_threshold].
@@ -87,7 +90,9 @@ pub struct HistogramObs<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HistogramError {
     /// Bucket counts and bounds do not match.
-    #[error("explicit histogram has {counts} bucket counts for {bounds} bounds (needs bounds + 1)")]
+    #[error(
+        "explicit histogram has {counts} bucket counts for {bounds} bounds (needs bounds + 1)"
+    )]
     Shape { counts: usize, bounds: usize },
     /// Bounds not strictly increasing, or not finite.
     #[error("explicit histogram bounds are not finite and strictly increasing")]
@@ -129,8 +134,16 @@ impl Distribution {
                 continue;
             }
             if (below + c) as f64 >= rank || i == last {
-                let lo = if lo.is_finite() { lo } else { min.unwrap_or(hi) };
-                let hi = if hi.is_finite() { hi } else { max.unwrap_or(lo) };
+                let lo = if lo.is_finite() {
+                    lo
+                } else {
+                    min.unwrap_or(hi)
+                };
+                let hi = if hi.is_finite() {
+                    hi
+                } else {
+                    max.unwrap_or(lo)
+                };
                 let (lo, hi) = (lo.min(hi), hi.max(lo));
                 let frac = ((rank - below as f64) / c as f64).clamp(0.0, 1.0);
                 let mut v = lo + frac * (hi - lo);
@@ -258,7 +271,11 @@ fn explicit_distribution(bounds: &[f64], counts: &[u64]) -> Distribution {
         .iter()
         .enumerate()
         .map(|(i, &c)| {
-            let lo = if i == 0 { f64::NEG_INFINITY } else { bounds[i - 1] };
+            let lo = if i == 0 {
+                f64::NEG_INFINITY
+            } else {
+                bounds[i - 1]
+            };
             let hi = bounds.get(i).copied().unwrap_or(f64::INFINITY);
             (lo, hi, c)
         })
@@ -415,7 +432,10 @@ impl BucketMemory {
                     pos,
                     neg,
                 };
-                Ok(delta.map(|(s, z, p, n)| exponential_distribution(s, z, zero_threshold, &p, &n)))
+                Ok(
+                    delta
+                        .map(|(s, z, p, n)| exponential_distribution(s, z, zero_threshold, &p, &n)),
+                )
             }
         }
     }
@@ -477,7 +497,10 @@ mod tests {
             let truth = true_quantile(&sample, q);
             // Linear interpolation is exact for a uniform sample up to noise.
             assert!((got - truth).abs() < 50.0, "q{q}: {got} vs {truth}");
-            assert!((got - truth).abs() < 10.0, "q{q}: {got} vs {truth} (interpolated)");
+            assert!(
+                (got - truth).abs() < 10.0,
+                "q{q}: {got} vs {truth} (interpolated)"
+            );
         }
     }
 
@@ -599,7 +622,10 @@ mod tests {
         let bounds = [10.0, 20.0, 30.0];
         let mut m = BucketMemory::default();
         // First point: nothing to derive yet.
-        assert_eq!(m.interval(&cumulative(&bounds, &[100, 0, 0, 0], 1)), Ok(None));
+        assert_eq!(
+            m.interval(&cumulative(&bounds, &[100, 0, 0, 0], 1)),
+            Ok(None)
+        );
         // Next interval: 10 new observations, all in (20, 30].
         let d = m
             .interval(&cumulative(&bounds, &[100, 0, 10, 0], 1))

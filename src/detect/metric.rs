@@ -406,9 +406,10 @@ impl SeriesState {
             + self.weekly.counts.capacity()
             + self.tail.peaks.capacity() * std::mem::size_of::<f32>()
             + self.recurring.bins.capacity() * std::mem::size_of::<RecurringBin>()
-            + self.buckets.as_ref().map_or(0, |b| {
-                std::mem::size_of::<BucketMemory>() + b.heap_bytes()
-            })
+            + self
+                .buckets
+                .as_ref()
+                .map_or(0, |b| std::mem::size_of::<BucketMemory>() + b.heap_bytes())
     }
 
     fn push_base(&mut self, x: f64, phase: u16, window: usize) {
@@ -781,7 +782,9 @@ impl MetricDetector {
         if overflow {
             return Ok(None);
         }
-        st.buckets.get_or_insert_with(Default::default).interval(obs)
+        st.buckets
+            .get_or_insert_with(Default::default)
+            .interval(obs)
     }
 
     /// Per-series states (for memory accounting and snapshots).
