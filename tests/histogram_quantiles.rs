@@ -89,7 +89,7 @@ async fn a_p99_jump_is_an_anomaly_on_the_quantile_series_while_the_mean_barely_m
     let mut means = Vec::new();
     for i in 0..=NORMAL_POINTS {
         let jump = i == NORMAL_POINTS;
-        let wobble = (i % 5) as u64;
+        let wobble = i % 5;
         let mut new = [0u64; 8];
         new[1] = 600 + 10 * wobble;
         new[2] = 392 - 10 * wobble + (i % 3);
