@@ -115,7 +115,7 @@ pub struct Distribution {
 impl Distribution {
     /// Observations in the interval.
     pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.2).sum()
+        self.buckets.iter().fold(0u64, |a, b| a.saturating_add(b.2))
     }
 
     /// The `q` quantile, interpolated linearly within the bucket that holds
@@ -133,7 +133,7 @@ impl Distribution {
             if c == 0 {
                 continue;
             }
-            if (below + c) as f64 >= rank || i == last {
+            if below.saturating_add(c) as f64 >= rank || i == last {
                 let lo = if lo.is_finite() {
                     lo
                 } else {
@@ -155,7 +155,7 @@ impl Distribution {
                 }
                 return Some(v);
             }
-            below += c;
+            below = below.saturating_add(c);
         }
         None
     }
@@ -217,7 +217,8 @@ impl Side {
         let mut counts = vec![0u64; (last - offset + 1) as usize];
         for (i, &c) in self.counts.iter().enumerate() {
             let idx = (self.offset + i as i64) >> by;
-            counts[(idx - offset) as usize] += c;
+            let slot = &mut counts[(idx - offset) as usize];
+            *slot = slot.saturating_add(c);
         }
         Side { offset, counts }
     }
@@ -741,6 +742,46 @@ mod tests {
             m.interval(&delta_explicit(&bounds, &counts)),
             Err(HistogramError::TooManyBuckets(MAX_BUCKETS + 1))
         );
+    }
+
+    #[test]
+    fn extreme_points_do_not_panic() {
+        let big = [u64::MAX, u64::MAX, 1];
+        for scale in [-10, 0, 20] {
+            for offset in [i32::MIN, -1, 0, i32::MAX - 1, i32::MAX] {
+                for cumulative in [false, true] {
+                    let obs = HistogramObs {
+                        buckets: Buckets::Exponential {
+                            scale,
+                            zero_count: u64::MAX,
+                            zero_threshold: f64::MAX,
+                            positive: ExpSide {
+                                offset,
+                                counts: &big,
+                            },
+                            negative: ExpSide {
+                                offset,
+                                counts: &big,
+                            },
+                        },
+                        cumulative,
+                        start_ns: 1,
+                        min: Some(f64::NAN),
+                        max: None,
+                    };
+                    let mut m = BucketMemory::default();
+                    for _ in 0..2 {
+                        if let Ok(Some(d)) = m.interval(&obs) {
+                            for (q, _) in QUANTILES {
+                                let _ = d.quantile(q, obs.min, obs.max);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let d = explicit_distribution(&[1.0, 2.0], &big);
+        assert!(d.quantile(0.99, None, None).is_some());
     }
 
     #[test]
