@@ -778,6 +778,10 @@ impl MetricDetector {
         bucket_key: KeyHash,
         obs: &HistogramObs<'_>,
     ) -> Result<Option<Distribution>, HistogramError> {
+        if !obs.cumulative {
+            // A delta point is its own interval: nothing to remember.
+            return BucketMemory::default().interval(obs);
+        }
         let (st, overflow) = self.series.get_or_insert(bucket_key, SeriesState::default);
         if overflow {
             return Ok(None);

@@ -987,3 +987,139 @@ fn histogram_value(count: u64, sum: Option<f64>, cumulative: bool, start_ns: u64
         start_ns,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        summary_data_point::ValueAtQuantile, ExponentialHistogram, ExponentialHistogramDataPoint,
+        Metric, ResourceMetrics, ScopeMetrics, Summary, SummaryDataPoint,
+    };
+
+    const T0: u64 = 1_800_000_000_000_000_000;
+    const STEP: u64 = 10_000_000_000;
+
+    fn processor() -> Processor {
+        Processor::new(
+            &Settings::default(),
+            "otel",
+            Arc::new(Metrics::default()),
+            Arc::new(AnomalyFeed::default()),
+        )
+    }
+
+    fn request(data: metric::Data) -> Payload {
+        Payload::Metrics(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "rpc.duration".into(),
+                        data: Some(data),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    fn anomaly(doc: &Doc) -> (f64, String) {
+        let v: serde_json::Value = serde_json::from_slice(&doc.source).expect("json");
+        (
+            v["anomaly"]["score"].as_f64().unwrap_or(0.0),
+            v["anomaly"]["explanation"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    }
+
+    #[test]
+    fn a_summary_is_scored_on_its_own_quantiles() {
+        let p = processor();
+        let (mut count, mut sum) = (0u64, 0.0);
+        let mut last = (0.0, String::new());
+        for i in 0..61u64 {
+            let p99 = if i == 60 {
+                900.0
+            } else {
+                120.0 + (i % 4) as f64
+            };
+            count += 1000;
+            sum += 1000.0 * 50.0;
+            let point = SummaryDataPoint {
+                start_time_unix_nano: T0,
+                time_unix_nano: T0 + i * STEP,
+                count,
+                sum,
+                quantile_values: vec![
+                    ValueAtQuantile {
+                        quantile: 0.5,
+                        value: 45.0 + (i % 3) as f64,
+                    },
+                    ValueAtQuantile {
+                        quantile: 0.99,
+                        value: p99,
+                    },
+                ],
+                ..Default::default()
+            };
+            let docs = p.process(request(metric::Data::Summary(Summary {
+                data_points: vec![point],
+            })));
+            assert_eq!(docs.len(), 1);
+            last = anomaly(&docs[0]);
+            if (31..60).contains(&i) {
+                assert!(last.0 < f64::from(ANOMALOUS_SCORE), "point {i}: {last:?}");
+            }
+        }
+        assert!(last.0 >= f64::from(ANOMALOUS_SCORE), "{last:?}");
+        assert!(last.1.contains("p99 900"), "{last:?}");
+    }
+
+    #[test]
+    fn a_delta_exponential_histogram_is_scored_on_its_quantiles() {
+        let p = processor();
+        let mut last = (0.0, String::new());
+        for i in 0..61u64 {
+            // Scale 2 (buckets 2^(1/4) wide), values 64–128 ms; at the end a
+            // tail of 20 requests near 4 s.
+            let mut counts = vec![0u64; 40];
+            for (k, c) in counts.iter_mut().enumerate().take(4) {
+                *c = 240 + ((i + k as u64) % 5);
+            }
+            if i == 60 {
+                counts[24] = 20;
+            }
+            let point = ExponentialHistogramDataPoint {
+                start_time_unix_nano: T0 + i * STEP,
+                time_unix_nano: T0 + (i + 1) * STEP,
+                count: counts.iter().sum(),
+                sum: Some(counts.iter().sum::<u64>() as f64 * 90.0),
+                scale: 2,
+                positive: Some(ExpBuckets {
+                    offset: 24, // 2^(24/4) = 64
+                    bucket_counts: counts,
+                }),
+                ..Default::default()
+            };
+            let docs = p.process(request(metric::Data::ExponentialHistogram(
+                ExponentialHistogram {
+                    aggregation_temporality: 1,
+                    data_points: vec![point],
+                },
+            )));
+            last = anomaly(&docs[0]);
+            if (31..60).contains(&i) {
+                assert!(last.0 < f64::from(ANOMALOUS_SCORE), "point {i}: {last:?}");
+            }
+        }
+        assert!(last.0 >= f64::from(ANOMALOUS_SCORE), "{last:?}");
+        assert!(last.1.contains("p99"), "{last:?}");
+        // The series a histogram adds: bucket memory only for cumulative
+        // points, so mean + p50 + p95 + p99 here.
+        assert_eq!(p.detectors().stats().2, 4);
+    }
+}
