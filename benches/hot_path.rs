@@ -171,6 +171,66 @@ fn point_scoring(c: &mut Criterion) {
         })
     });
     g.finish();
+    histogram_scoring(c);
+}
+
+/// Histogram points of 1,000 cumulative series with 16 explicit buckets each:
+/// the mean series plus the p50 / p95 / p99 series (bucket deltas,
+/// interpolation, three more detector series), as the pipeline scores them.
+fn histogram_scoring(c: &mut Criterion) {
+    use otel_anomaly::detect::histogram::{Buckets, HistogramObs};
+    use otel_anomaly::pipeline::process::Detectors;
+    const SERIES: u64 = 1000;
+    let bounds: Vec<f64> = (0..15).map(|i| 2f64.powi(i)).collect();
+    let detectors = Detectors::new(&Settings::default());
+    let mut counts: Vec<Vec<u64>> = (0..SERIES).map(|_| vec![0u64; 16]).collect();
+    let mut sums = vec![0.0f64; SERIES as usize];
+    let mut t: u64 = NOW_NS;
+    let mut out = Vec::new();
+    let mut step = |t: u64, round: u64, out: &mut Vec<_>| {
+        for (k, (c, sum)) in counts.iter_mut().zip(&mut sums).enumerate() {
+            for (b, n) in c.iter_mut().enumerate() {
+                *n += (1 + (b as u64 * 7 + k as u64 + round) % 13) * 10;
+            }
+            *sum += 1000.0 + (round % 7) as f64;
+            let key = k as u64 + 1;
+            let count: u64 = c.iter().sum();
+            let mean = PointValue::Histogram {
+                count,
+                sum: *sum,
+                cumulative: true,
+                start_ns: 1,
+            };
+            black_box(detectors.point(key, t, mean));
+            let obs = HistogramObs {
+                buckets: Buckets::Explicit {
+                    bounds: &bounds,
+                    counts: c,
+                },
+                cumulative: true,
+                start_ns: 1,
+                min: None,
+                max: None,
+            };
+            out.clear();
+            black_box(detectors.histogram(key, t, &obs, out).is_ok());
+        }
+    };
+    for round in 0..50 {
+        t += 10_000_000_000;
+        step(t, round, &mut out);
+    }
+    let mut g = c.benchmark_group("point_scoring");
+    g.throughput(Throughput::Elements(SERIES));
+    let mut round = 50;
+    g.bench_function("observe_histograms_mean_and_quantiles", |b| {
+        b.iter(|| {
+            t += 10_000_000_000;
+            round += 1;
+            step(t, round, &mut out);
+        })
+    });
+    g.finish();
 }
 
 fn es_document(c: &mut Criterion) {

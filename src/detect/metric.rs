@@ -30,6 +30,7 @@
 //! a new start time, is a counter reset); histograms are scored on the mean
 //! of the new observations.
 
+use super::histogram::{BucketMemory, Distribution, HistogramError, HistogramObs};
 use super::keys::{BoundedMap, KeyHash, MapSnapshot};
 use super::likelihood::{normal_surprise, Likelihood};
 use super::{Explanation, Severity, Verdict, ANOMALOUS_WEIGHT};
@@ -142,6 +143,9 @@ pub enum PointValue {
         cumulative: bool,
         start_ns: u64,
     },
+    /// A value derived from a point (a histogram's quantile, see
+    /// [`super::histogram`]), scored as it is; `what` names it ("p99").
+    Derived { value: f64, what: &'static str },
 }
 
 /// Converts raw points into the value to score (deltas of cumulative sums, histogram means).
@@ -160,6 +164,7 @@ impl Converter {
         match v {
             PointValue::Gauge(x) => Some((x, "value")),
             PointValue::DeltaSum(x) => Some((x, "delta")),
+            PointValue::Derived { value, what } => Some((value, what)),
             PointValue::CumulativeSum { value, start_ns } => {
                 let reset =
                     !self.has_prev || start_ns != self.prev_start_ns || value < self.prev_value;
@@ -242,6 +247,9 @@ pub struct SeriesState {
     /// Score of the alert that opened the dedup period.
     dedup_peak: f32,
     n: u64,
+    /// The previous bucket counts of a cumulative histogram (only on the
+    /// series keyed by `histogram::BUCKET_STATE_SUFFIX`; `None` elsewhere).
+    buckets: Option<Box<BucketMemory>>,
 }
 
 impl SeriesState {
@@ -398,6 +406,10 @@ impl SeriesState {
             + self.weekly.counts.capacity()
             + self.tail.peaks.capacity() * std::mem::size_of::<f32>()
             + self.recurring.bins.capacity() * std::mem::size_of::<RecurringBin>()
+            + self
+                .buckets
+                .as_ref()
+                .map_or(0, |b| std::mem::size_of::<BucketMemory>() + b.heap_bytes())
     }
 
     fn push_base(&mut self, x: f64, phase: u16, window: usize) {
@@ -754,6 +766,29 @@ impl MetricDetector {
     pub fn observe(&mut self, key: KeyHash, time_ns: u64, value: PointValue) -> Option<Verdict> {
         let (st, _overflow) = self.series.get_or_insert(key, SeriesState::default);
         st.observe(time_ns, value, &self.params, &mut self.scratch)
+    }
+
+    /// The distribution of a histogram's observations since its previous
+    /// point, from the bucket memory kept under `bucket_key` (see
+    /// [`super::histogram`]). `Ok(None)` when there is nothing to derive yet,
+    /// or when the series cap is reached (the shared overflow state cannot
+    /// hold one histogram's previous counts).
+    pub fn histogram_interval(
+        &mut self,
+        bucket_key: KeyHash,
+        obs: &HistogramObs<'_>,
+    ) -> Result<Option<Distribution>, HistogramError> {
+        if !obs.cumulative {
+            // A delta point is its own interval: nothing to remember.
+            return BucketMemory::default().interval(obs);
+        }
+        let (st, overflow) = self.series.get_or_insert(bucket_key, SeriesState::default);
+        if overflow {
+            return Ok(None);
+        }
+        st.buckets
+            .get_or_insert_with(Default::default)
+            .interval(obs)
     }
 
     /// Per-series states (for memory accounting and snapshots).
@@ -1133,5 +1168,47 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn histogram_bucket_memory_is_a_series_counted_against_the_cap() {
+        use crate::detect::histogram::{Buckets, ExpSide, HistogramObs, MAX_BUCKETS};
+        let mut d = MetricDetector::new(MetricParams {
+            max_series: 2,
+            ..MetricParams::default()
+        });
+        let counts = vec![3u64; 2000];
+        let obs = HistogramObs {
+            buckets: Buckets::Exponential {
+                scale: 10,
+                zero_count: 0,
+                zero_threshold: 0.0,
+                positive: ExpSide {
+                    offset: 0,
+                    counts: &counts,
+                },
+                negative: ExpSide::default(),
+            },
+            cumulative: true,
+            start_ns: 1,
+            min: None,
+            max: None,
+        };
+        assert_eq!(d.histogram_interval(10, &obs), Ok(None));
+        assert!(d.histogram_interval(10, &obs).unwrap().is_some());
+        assert_eq!(d.series(), 1);
+        // The state holding the previous counts is bounded like any series.
+        let st = d.states().next().unwrap();
+        assert!(
+            st.memory_bytes() <= std::mem::size_of::<SeriesState>() + 64 + MAX_BUCKETS * 8,
+            "{}",
+            st.memory_bytes()
+        );
+        d.observe(11, 0, PointValue::Gauge(1.0));
+        assert_eq!(d.series(), 2);
+        // Past the cap a histogram gets no quantiles (the overflow state is shared).
+        assert_eq!(d.histogram_interval(12, &obs), Ok(None));
+        assert_eq!(d.histogram_interval(12, &obs), Ok(None));
+        assert_eq!(d.series(), 2);
     }
 }

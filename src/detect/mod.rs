@@ -5,6 +5,7 @@
 //! itself). That keeps every detector testable against a naive batch
 //! computation.
 
+pub mod histogram;
 pub mod interval;
 pub mod keys;
 pub mod likelihood;

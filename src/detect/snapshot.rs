@@ -22,7 +22,10 @@ pub const MAGIC: &[u8; 8] = b"OTANSNAP";
 /// deviations and profile errors, and keep 5-minute slots of the week
 /// instead of 15-minute time-of-day bins (version 1 state cannot be read as
 /// version 2: the detector relearns from the live stream).
-pub const VERSION: u32 = 2;
+///
+/// 3: metric series may carry a histogram's previous bucket counts (for
+/// its quantile series); version 2 state is refused like version 1.
+pub const VERSION: u32 = 3;
 
 /// Largest ratio of decoded to file size accepted (gzip bombs are refused).
 pub const MAX_INFLATION: u64 = 64;
@@ -238,16 +241,20 @@ mod tests {
             decode(b"hello world!!", None),
             Err(SnapshotError::BadMagic)
         ));
-        // A file from the previous format (version 1, before the weekly
-        // profile) and one from a future build are both refused, each saying why.
-        let mut v1 = bytes.clone();
-        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let e = decode(&v1, None).unwrap_err();
-        assert!(
-            e.to_string().contains("version 1 is not supported")
-                && e.to_string().contains("older build"),
-            "{e}"
-        );
+        // Files from the previous formats (version 1, before the weekly
+        // profile; version 2, before histogram bucket memory) and one from a
+        // future build are all refused, each saying why.
+        for old in [1u32, 2] {
+            let mut v = bytes.clone();
+            v[8..12].copy_from_slice(&old.to_le_bytes());
+            let e = decode(&v, None).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("version {old} is not supported"))
+                    && e.to_string().contains("older build"),
+                "{e}"
+            );
+        }
         let mut next = bytes.clone();
         next[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
         let e = decode(&next, None).unwrap_err();

@@ -5,12 +5,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets as ExpBuckets;
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
 use super::{AnomalyFeed, AnomalyNote, Payload, Work};
 use crate::config::Settings;
+use crate::detect::histogram::{
+    derived_series_key, summary_quantiles, Buckets, ExpSide, HistogramError, HistogramObs,
+    BUCKET_STATE_SUFFIX, QUANTILES,
+};
 use crate::detect::interval::{AnomalyEvent, EventStatus};
 use crate::detect::keys::{key_hash, KeyHash, MapSnapshot};
 use crate::detect::log::LogDetector;
@@ -188,6 +193,47 @@ impl Detectors {
         let shard = &self.metrics[(key % SHARDS as u64) as usize];
         let mut d = shard.lock().unwrap_or_else(|p| p.into_inner());
         d.observe(key, time_ns, v)
+    }
+
+    /// Scores the quantile series derived from one histogram point of series
+    /// `key` (see `detect::histogram`); their verdicts go to `out`. The
+    /// bucket memory and each quantile series are keyed on their own, so
+    /// each lands in the shard of its own key (as a restore puts them).
+    pub fn histogram(
+        &self,
+        key: KeyHash,
+        time_ns: u64,
+        obs: &HistogramObs<'_>,
+        out: &mut Vec<Verdict>,
+    ) -> Result<(), HistogramError> {
+        let bucket_key = derived_series_key(key, BUCKET_STATE_SUFFIX);
+        let dist = {
+            let shard = &self.metrics[(bucket_key % SHARDS as u64) as usize];
+            let mut d = shard.lock().unwrap_or_else(|p| p.into_inner());
+            d.histogram_interval(bucket_key, obs)?
+        };
+        if let Some(dist) = dist {
+            let values = QUANTILES.map(|(q, _)| dist.quantile(q, obs.min, obs.max));
+            self.quantiles(key, time_ns, values, out);
+        }
+        Ok(())
+    }
+
+    /// Scores the quantile series of series `key` with values at
+    /// `histogram::QUANTILES` (a summary's, or a histogram's interval).
+    pub fn quantiles(
+        &self,
+        key: KeyHash,
+        time_ns: u64,
+        values: [Option<f64>; 3],
+        out: &mut Vec<Verdict>,
+    ) {
+        for ((_, what), value) in QUANTILES.iter().zip(values) {
+            if let Some(value) = value {
+                let v = PointValue::Derived { value, what };
+                out.extend(self.point(derived_series_key(key, what), time_ns, v));
+            }
+        }
     }
 
     /// Scores one log record of `service` (and learns from it).
@@ -507,6 +553,7 @@ impl Processor {
     ) -> Vec<Doc> {
         let mut docs = DocBatch::with_capacity(0, DOC_BYTES);
         let mut attrs_json = Vec::with_capacity(128);
+        let mut derived = Vec::new();
         for rm in &req.resource_metrics {
             let (service, res_json) = resource_parts(rm.resource.as_ref(), &rm.schema_url);
             for sm in &rm.scope_metrics {
@@ -584,7 +631,17 @@ impl Processor {
                         attrs_json.clear();
                         crate::export::document::attributes(&mut attrs_json, p.attributes());
                         let series = key_hash(&[&res_json, m.name.as_bytes(), &attrs_json]);
-                        let verdict = self.detectors.point(series, p.times().1, pv);
+                        let mut verdict = self.detectors.point(series, p.times().1, pv);
+                        // A histogram's quantile series: the point carries the
+                        // most anomalous verdict of its mean and quantiles.
+                        derived.clear();
+                        self.derived_verdicts(m, &p, series, &mut derived);
+                        for d in derived.drain(..) {
+                            verdict = match verdict {
+                                Some(v) if v.score >= d.score => Some(v),
+                                _ => Some(d),
+                            };
+                        }
                         if let Some(v) = &verdict {
                             self.note(Signal::metrics, service, &m.name, v);
                         }
@@ -616,6 +673,61 @@ impl Processor {
             }
         }
         docs.finish()
+    }
+
+    /// Verdicts of the quantile series of a histogram or summary point (none
+    /// for other points); a histogram whose buckets cannot give quantiles
+    /// keeps only its mean, with a debug log saying why.
+    fn derived_verdicts(
+        &self,
+        m: &opentelemetry_proto::tonic::metrics::v1::Metric,
+        p: &PointRef<'_>,
+        series: KeyHash,
+        out: &mut Vec<Verdict>,
+    ) {
+        let time_ns = p.times().1;
+        let obs = match (p, &m.data) {
+            (PointRef::Histogram(hp), Some(metric::Data::Histogram(h))) => {
+                if hp.bucket_counts.is_empty() {
+                    return;
+                }
+                HistogramObs {
+                    buckets: Buckets::Explicit {
+                        bounds: &hp.explicit_bounds,
+                        counts: &hp.bucket_counts,
+                    },
+                    cumulative: h.aggregation_temporality == 2,
+                    start_ns: hp.start_time_unix_nano,
+                    min: hp.min,
+                    max: hp.max,
+                }
+            }
+            (PointRef::ExpHistogram(ep), Some(metric::Data::ExponentialHistogram(h))) => {
+                HistogramObs {
+                    buckets: Buckets::Exponential {
+                        scale: ep.scale,
+                        zero_count: ep.zero_count,
+                        zero_threshold: ep.zero_threshold,
+                        positive: exp_side(ep.positive.as_ref()),
+                        negative: exp_side(ep.negative.as_ref()),
+                    },
+                    cumulative: h.aggregation_temporality == 2,
+                    start_ns: ep.start_time_unix_nano,
+                    min: ep.min,
+                    max: ep.max,
+                }
+            }
+            (PointRef::Summary(sp), _) => {
+                let values =
+                    summary_quantiles(sp.quantile_values.iter().map(|q| (q.quantile, q.value)));
+                self.detectors.quantiles(series, time_ns, values, out);
+                return;
+            }
+            _ => return,
+        };
+        if let Err(e) = self.detectors.histogram(series, time_ns, &obs, out) {
+            tracing::debug!(metric = %m.name, error = %e, "histogram point gives no quantiles; its mean is still scored");
+        }
     }
 
     fn logs(
@@ -675,6 +787,13 @@ fn resource_parts<'a>(resource: Option<&'a Resource>, schema_url: &str) -> (&'a 
         .and_then(|r| attr_str(&r.attributes, "service.name"))
         .unwrap_or(UNKNOWN_SERVICE);
     (service, encode_resource(resource, schema_url))
+}
+
+fn exp_side(b: Option<&ExpBuckets>) -> ExpSide<'_> {
+    b.map_or(ExpSide::default(), |b| ExpSide {
+        offset: b.offset,
+        counts: &b.bucket_counts,
+    })
 }
 
 fn number(v: Option<number_data_point::Value>) -> f64 {
@@ -866,5 +985,141 @@ fn histogram_value(count: u64, sum: Option<f64>, cumulative: bool, start_ns: u64
         sum: sum.unwrap_or(f64::NAN),
         cumulative,
         start_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        summary_data_point::ValueAtQuantile, ExponentialHistogram, ExponentialHistogramDataPoint,
+        Metric, ResourceMetrics, ScopeMetrics, Summary, SummaryDataPoint,
+    };
+
+    const T0: u64 = 1_800_000_000_000_000_000;
+    const STEP: u64 = 10_000_000_000;
+
+    fn processor() -> Processor {
+        Processor::new(
+            &Settings::default(),
+            "otel",
+            Arc::new(Metrics::default()),
+            Arc::new(AnomalyFeed::default()),
+        )
+    }
+
+    fn request(data: metric::Data) -> Payload {
+        Payload::Metrics(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: "rpc.duration".into(),
+                        data: Some(data),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    fn anomaly(doc: &Doc) -> (f64, String) {
+        let v: serde_json::Value = serde_json::from_slice(&doc.source).expect("json");
+        (
+            v["anomaly"]["score"].as_f64().unwrap_or(0.0),
+            v["anomaly"]["explanation"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    }
+
+    #[test]
+    fn a_summary_is_scored_on_its_own_quantiles() {
+        let p = processor();
+        let (mut count, mut sum) = (0u64, 0.0);
+        let mut last = (0.0, String::new());
+        for i in 0..61u64 {
+            let p99 = if i == 60 {
+                900.0
+            } else {
+                120.0 + (i % 4) as f64
+            };
+            count += 1000;
+            sum += 1000.0 * 50.0;
+            let point = SummaryDataPoint {
+                start_time_unix_nano: T0,
+                time_unix_nano: T0 + i * STEP,
+                count,
+                sum,
+                quantile_values: vec![
+                    ValueAtQuantile {
+                        quantile: 0.5,
+                        value: 45.0 + (i % 3) as f64,
+                    },
+                    ValueAtQuantile {
+                        quantile: 0.99,
+                        value: p99,
+                    },
+                ],
+                ..Default::default()
+            };
+            let docs = p.process(request(metric::Data::Summary(Summary {
+                data_points: vec![point],
+            })));
+            assert_eq!(docs.len(), 1);
+            last = anomaly(&docs[0]);
+            if (31..60).contains(&i) {
+                assert!(last.0 < f64::from(ANOMALOUS_SCORE), "point {i}: {last:?}");
+            }
+        }
+        assert!(last.0 >= f64::from(ANOMALOUS_SCORE), "{last:?}");
+        assert!(last.1.contains("p99 900"), "{last:?}");
+    }
+
+    #[test]
+    fn a_delta_exponential_histogram_is_scored_on_its_quantiles() {
+        let p = processor();
+        let mut last = (0.0, String::new());
+        for i in 0..61u64 {
+            // Scale 2 (buckets 2^(1/4) wide), values 64–128 ms; at the end a
+            // tail of 20 requests near 4 s.
+            let mut counts = vec![0u64; 40];
+            for (k, c) in counts.iter_mut().enumerate().take(4) {
+                *c = 240 + ((i + k as u64) % 5);
+            }
+            if i == 60 {
+                counts[24] = 20;
+            }
+            let point = ExponentialHistogramDataPoint {
+                start_time_unix_nano: T0 + i * STEP,
+                time_unix_nano: T0 + (i + 1) * STEP,
+                count: counts.iter().sum(),
+                sum: Some(counts.iter().sum::<u64>() as f64 * 90.0),
+                scale: 2,
+                positive: Some(ExpBuckets {
+                    offset: 24, // 2^(24/4) = 64
+                    bucket_counts: counts,
+                }),
+                ..Default::default()
+            };
+            let docs = p.process(request(metric::Data::ExponentialHistogram(
+                ExponentialHistogram {
+                    aggregation_temporality: 1,
+                    data_points: vec![point],
+                },
+            )));
+            last = anomaly(&docs[0]);
+            if (31..60).contains(&i) {
+                assert!(last.0 < f64::from(ANOMALOUS_SCORE), "point {i}: {last:?}");
+            }
+        }
+        assert!(last.0 >= f64::from(ANOMALOUS_SCORE), "{last:?}");
+        assert!(last.1.contains("p99"), "{last:?}");
+        // The series a histogram adds: bucket memory only for cumulative
+        // points, so mean + p50 + p95 + p99 here.
+        assert_eq!(p.detectors().stats().2, 4);
     }
 }
