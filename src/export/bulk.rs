@@ -77,6 +77,35 @@ pub fn build_body(docs: &[Doc], prefixes: &ActionPrefixes, out: &mut Vec<u8>) {
     }
 }
 
+/// Uncompressed bytes gathered before each write into the gzip encoder:
+/// small enough to stay in the CPU cache, large enough that the encoder's
+/// cost per call does not show.
+const GZIP_CHUNK: usize = 64 * 1024;
+
+/// The body [`build_body`] makes, gzip-compressed (level 1) as it is built:
+/// the uncompressed body is never held whole, only one chunk of it at a
+/// time (saves writing and reading back ~1 KiB per document through memory,
+/// and the large buffer's allocation).
+pub fn build_body_gzip(docs: &[Doc], prefixes: &ActionPrefixes) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let raw: usize = docs.iter().map(|d| d.source.len() + 96).sum();
+    // Level 1 compresses these bodies about 8x; the output grows if it must.
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(raw / 6 + 64),
+        flate2::Compression::fast(),
+    );
+    let mut chunk = Vec::with_capacity(GZIP_CHUNK + 4096);
+    for d in docs {
+        build_body(std::slice::from_ref(d), prefixes, &mut chunk);
+        if chunk.len() >= GZIP_CHUNK {
+            enc.write_all(&chunk)?;
+            chunk.clear();
+        }
+    }
+    enc.write_all(&chunk)?;
+    enc.finish()
+}
+
 #[derive(Debug, Deserialize)]
 struct BulkReply {
     #[serde(default)]
@@ -205,6 +234,33 @@ mod tests {
             classify_response(200, body, 2),
             Err(RequestFailure::Retry(_))
         ));
+    }
+
+    #[test]
+    fn gzip_body_inflates_to_the_plain_body() {
+        use std::io::Read;
+        // Documents of many sizes, so chunk boundaries fall everywhere.
+        let docs: Vec<Doc> = (0..400)
+            .map(|i| {
+                let source = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i * 37 % 1500));
+                let signal = [Signal::traces, Signal::metrics, Signal::logs][i % 3];
+                Doc::new(signal, format!("id-{i}"), source.into_bytes())
+            })
+            .collect();
+        let prefixes = ActionPrefixes::new(|s| format!("{}-otel-test", s.as_str()));
+        let mut plain = Vec::new();
+        build_body(&docs, &prefixes, &mut plain);
+        assert!(plain.len() > 4 * GZIP_CHUNK, "{}", plain.len());
+        for n in [0, 1, docs.len()] {
+            let mut want = Vec::new();
+            build_body(&docs[..n], &prefixes, &mut want);
+            let gz = build_body_gzip(&docs[..n], &prefixes).unwrap();
+            let mut got = Vec::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_end(&mut got)
+                .unwrap();
+            assert_eq!(got, want, "{n} documents");
+        }
     }
 
     #[test]
