@@ -2,8 +2,6 @@
 //! the reply into per-document actions (delivered / duplicate / retry /
 //! reject). Parsing the items, never searching the body for `"errors":true`.
 
-use std::collections::HashMap;
-
 use serde::Deserialize;
 
 use super::Doc;
@@ -109,7 +107,40 @@ pub fn build_body_gzip(docs: &[Doc], prefixes: &ActionPrefixes) -> std::io::Resu
 #[derive(Debug, Deserialize)]
 struct BulkReply {
     #[serde(default)]
-    items: Vec<HashMap<String, BulkItem>>,
+    items: Vec<ReplyItem>,
+}
+
+/// One reply item, `{"<action>":{…}}`: the object under its first key. Read
+/// without a map per item (a `HashMap` and a key `String` for each of
+/// thousands of items showed in profiles).
+#[derive(Debug)]
+struct ReplyItem(Option<BulkItem>);
+
+impl<'de> Deserialize<'de> for ReplyItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ReplyItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a bulk reply item object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ReplyItem, A::Error> {
+                let mut first = None;
+                while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                    if first.is_none() {
+                        first = Some(map.next_value::<BulkItem>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(ReplyItem(first))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,7 +207,7 @@ pub fn classify_response(
     Ok(reply
         .items
         .iter()
-        .map(|item| match item.values().next() {
+        .map(|item| match &item.0 {
             Some(it) => classify_item(it.status, it.error.as_ref()),
             None => ItemAction::Retry("empty bulk reply item".into()),
         })
@@ -204,6 +235,26 @@ mod tests {
         assert!(
             matches!(&actions[4], ItemAction::Reject(r) if r.contains("mapper_parsing_exception"))
         );
+    }
+
+    #[test]
+    fn any_action_name_is_read_and_an_empty_item_is_retried() {
+        let body = br#"{"items":[{"index":{"_id":"1","status":201,"_shards":{"total":1}}},{},
+            {"update":{"status":404,"error":{"type":"document_missing_exception","reason":"gone"}}}]}"#;
+        let actions = classify_response(200, body, 3).unwrap();
+        assert_eq!(actions[0], ItemAction::Delivered);
+        assert_eq!(
+            actions[1],
+            ItemAction::Retry("empty bulk reply item".into())
+        );
+        assert!(
+            matches!(&actions[2], ItemAction::Reject(r) if r.contains("404 document_missing_exception: gone"))
+        );
+        // An item that is not an object makes the reply unreadable (retried as a whole).
+        assert!(matches!(
+            classify_response(200, br#"{"items":[7]}"#, 1),
+            Err(RequestFailure::Retry(_))
+        ));
     }
 
     #[test]
