@@ -19,7 +19,9 @@ use rand::Rng;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::bulk::{build_body, classify_response, ActionPrefixes, ItemAction, RequestFailure};
+use super::bulk::{
+    build_body, build_body_gzip, classify_response, ActionPrefixes, ItemAction, RequestFailure,
+};
 use super::{stream_name, Doc};
 use crate::config::{Compression, Config, ElasticsearchSettings, EsCredentials, IndexMode};
 use crate::pipeline::ExportCtx;
@@ -383,9 +385,13 @@ async fn send_batch(exp: EsExporter, docs: Vec<Doc>) -> BulkResult {
     let compress = exp.settings.bulk.compression == Compression::Gzip;
     let prefixes = exp.prefixes.clone();
     let built = tokio::task::spawn_blocking(move || {
-        let mut body = Vec::with_capacity(docs.iter().map(|d| d.source.len() + 96).sum());
-        build_body(&docs, &prefixes, &mut body);
-        let body = if compress { gzip(&body) } else { Ok(body) };
+        let body = if compress {
+            build_body_gzip(&docs, &prefixes)
+        } else {
+            let mut body = Vec::with_capacity(docs.iter().map(|d| d.source.len() + 96).sum());
+            build_body(&docs, &prefixes, &mut body);
+            Ok(body)
+        };
         (docs, body)
     })
     .await;

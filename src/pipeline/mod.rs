@@ -413,8 +413,15 @@ impl Pipeline {
     ) -> Result<(), Refusal> {
         match &self.wal {
             Some(w) if records > 0 => w.accept(self, payload, records, wire).await,
-            _ => self.submit_wire(payload, records, wire),
+            _ => self.submit_wire(payload, records, wire.filter(|_| self.keeps_wire())),
         }
+    }
+
+    /// Whether receivers should keep each protobuf request's bytes for the
+    /// write-ahead queue (stored as received instead of encoded again) or
+    /// for the OTLP output.
+    pub fn wants_wire(&self) -> bool {
+        self.wal.is_some() || self.keeps_wire()
     }
 
     /// Accepts a request of `records` records into memory, or refuses it at once.

@@ -193,8 +193,9 @@ pub async fn serve_with(
 ) -> Result<(), tonic::transport::Error> {
     let mut builder =
         tonic::transport::Server::builder().layer(super::auth::grpc_layer(security.auth));
-    let router = if receiver.pipeline.keeps_wire() {
-        // Processor mode: services that keep each request's bytes (see grpc_raw).
+    let router = if receiver.pipeline.wants_wire() {
+        // Processor mode or the write-ahead queue: services that keep each
+        // request's bytes (see grpc_raw).
         use super::grpc_raw::{Logs, Metrics, Server, Traces};
         let max = max_message_bytes;
         builder

@@ -285,12 +285,13 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
         .map(str::to_string);
     // Decide on the bytes actually read, not on Content-Length (absent when chunked).
     let small = raw.len() <= INLINE_DECODE_BYTES;
-    // Processor mode forwards the request's own bytes (see `Work::wire`).
-    let keep_wire = format == Format::Protobuf && state.pipeline.keeps_wire();
+    // Processor mode forwards the request's own bytes (see `Work::wire`);
+    // the write-ahead queue stores them as they are.
+    let keep_wire = format == Format::Protobuf && state.pipeline.wants_wire();
     let work = move || -> Result<(T, Option<bytes::Bytes>), DecodeError> {
         let body = decompress(raw, encoding.as_deref(), limits.max_decompressed_bytes)?;
         let req = decode::<T>(&body, format)?;
-        Ok((req, keep_wire.then(|| bytes::Bytes::copy_from_slice(&body))))
+        Ok((req, keep_wire.then_some(body)))
     };
     let decoded = if small {
         work()

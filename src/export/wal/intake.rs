@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{encode_payload, Delivery, Position, Replayed, Wal, WalError};
+use super::{encode_payload, encode_wire, Delivery, Position, Replayed, Wal, WalError};
 use crate::pipeline::{Payload, Pipeline, Refusal, Work};
 use crate::telemetry::Signal;
 
@@ -84,6 +84,15 @@ impl Intake {
             return Err(Refusal::ShuttingDown);
         }
         let signal = payload.signal();
+        // The request's own bytes, when the receiver kept them, are stored
+        // as they are; the workers get them only when an output needs them.
+        if let Some(bytes) = &wire {
+            let record = encode_wire(signal, records as u32, bytes);
+            let wire = wire.filter(|_| pipeline.keeps_wire());
+            return self
+                .finish(pipeline, payload, records, signal, record, wire)
+                .await;
+        }
         let record = if records > 1024 {
             // Large requests are encoded off the async threads.
             let (rec, p) = tokio::task::spawn_blocking(move || {

@@ -266,7 +266,12 @@ fn create_segment(dir: &Path, seq: u64) -> std::io::Result<File> {
 /// Encodes a request as a WAL record.
 pub fn encode_payload(payload: &Payload, records: u32) -> Vec<u8> {
     let signal = payload.signal();
-    segment::encode_record(signal, records, |buf| {
+    let len = match payload {
+        Payload::Traces(r) => r.encoded_len(),
+        Payload::Metrics(r) => r.encoded_len(),
+        Payload::Logs(r) => r.encoded_len(),
+    };
+    segment::encode_record_sized(signal, records, len, |buf| {
         // encode() only fails for lack of room, and a Vec grows.
         let _ = match payload {
             Payload::Traces(r) => r.encode(buf),
@@ -276,7 +281,17 @@ pub fn encode_payload(payload: &Payload, records: u32) -> Vec<u8> {
     })
 }
 
-/// Decodes a request stored by [`encode_payload`].
+/// The record of a request from its own protobuf bytes, as received (when
+/// validation removed nothing from it): it decodes to the same request as
+/// the record [`encode_payload`] makes, without encoding the request again
+/// (fields prost does not know are kept, and ignored when read back).
+pub fn encode_wire(signal: Signal, records: u32, wire: &[u8]) -> Vec<u8> {
+    segment::encode_record_sized(signal, records, wire.len(), |buf| {
+        buf.extend_from_slice(wire)
+    })
+}
+
+/// Decodes a request stored by [`encode_payload`] or [`encode_wire`].
 pub fn decode_payload(signal: Signal, bytes: &[u8]) -> Result<Payload, prost::DecodeError> {
     Ok(match signal {
         Signal::traces => Payload::Traces(Message::decode(bytes)?),

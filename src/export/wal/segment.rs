@@ -105,7 +105,18 @@ fn crc(len_bytes: &[u8; 4], body: &[u8]) -> u32 {
 
 /// Encodes one record: `encode` appends the request bytes.
 pub fn encode_record(signal: Signal, records: u32, encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(RECORD_HEADER + BODY_PREFIX + 256);
+    encode_record_sized(signal, records, 256, encode)
+}
+
+/// [`encode_record`] with room for a request of `request_len` bytes
+/// reserved up front (a buffer that grows copies what it holds).
+pub fn encode_record_sized(
+    signal: Signal,
+    records: u32,
+    request_len: usize,
+    encode: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(RECORD_HEADER + BODY_PREFIX + request_len);
     buf.extend_from_slice(&[0; RECORD_HEADER]);
     buf.push(signal_byte(signal));
     buf.extend_from_slice(&records.to_le_bytes());
