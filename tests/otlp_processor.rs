@@ -677,3 +677,159 @@ async fn fan_out_documents_flow_while_the_hop_is_down_and_permits_wait_for_both(
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The HTTP next hop of the replay tests, bound on `port` (from `free_port`).
+async fn capture_hop_on(port: u16, seen: Shared) -> tokio::task::JoinHandle<()> {
+    let app = axum::Router::new()
+        .route("/v1/traces", post(capture_ok))
+        .with_state(seen);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the next hop");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
+}
+
+/// Each request the hop got holds `unknown` `per_request` times and the
+/// anomaly attributes on every span; returns the `test.seq` values seen.
+fn check_forwarded(seen: &Shared, unknown: &[u8], per_request: usize) -> Vec<String> {
+    let s = seen.lock().unwrap();
+    let mut seqs = Vec::new();
+    for (_, _, body) in &s.traces {
+        let found = body
+            .windows(unknown.len())
+            .filter(|w| *w == unknown)
+            .count();
+        assert_eq!(
+            found, per_request,
+            "the request's and every span's unknown field"
+        );
+        let back = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        for sp in &back.resource_spans[0].scope_spans[0].spans {
+            let keys: Vec<&str> = sp.attributes.iter().map(|k| k.key.as_str()).collect();
+            assert_eq!(keys[0], "test.seq");
+            assert!(keys.contains(&"anomaly.score"), "{keys:?}");
+            assert!(keys.contains(&"anomaly.severity"), "{keys:?}");
+            seqs.push(match &sp.attributes[0].value {
+                Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(v)),
+                }) => v.clone(),
+                other => panic!("test.seq is {other:?}"),
+            });
+        }
+    }
+    seqs.sort();
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_replayed_from_the_wal_after_a_restart_keeps_its_unknown_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let hop_port = common::free_port();
+    let hop = format!("http://127.0.0.1:{hop_port}");
+    let env = [
+        ("PROTOCOL", "http"),
+        ("ENDPOINT", hop.as_str()),
+        ("RETRY__INITIAL_BACKOFF", "20ms"),
+        ("RETRY__MAX_BACKOFF", "100ms"),
+    ];
+    let mut cfg = processor_config(dir.path(), &env);
+    assert!(cfg.settings.wal.enabled, "the WAL is on by default");
+    cfg.settings.shutdown_timeout = Duration::from_secs(1);
+
+    // The next hop is down: the request is durable in the WAL, not delivered.
+    let a = Sidecar::start(cfg.clone()).await;
+    let req = spans(0, 10);
+    let (bytes, unknown) = with_unknown_fields(&req);
+    let r = a
+        .post("/v1/traces", "application/x-protobuf", None, bytes)
+        .await;
+    assert_eq!(r.status(), 200);
+    eventually("the hop is tried", WAIT, || async {
+        metric_value(
+            &a.metrics_text().await,
+            "otel_anomaly_otlp_requests_total",
+            &[("signal", "traces"), ("outcome", "retry")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    a.shutdown().await;
+
+    // The hop is up; the restarted sidecar replays the request from disk.
+    let seen: Shared = Arc::default();
+    let server = capture_hop_on(hop_port, seen.clone()).await;
+    let a = Sidecar::start(cfg).await;
+    eventually("the replayed request reaches the hop", WAIT, || async {
+        !seen.lock().unwrap().traces.is_empty()
+    })
+    .await;
+    let replayed = metric_value(
+        &a.metrics_text().await,
+        "otel_anomaly_wal_replayed_requests_total",
+        &[],
+    );
+    assert_eq!(replayed, Some(1.0), "it came from the WAL");
+    let seqs = check_forwarded(&seen, &unknown, 11);
+    let want: Vec<String> = {
+        let mut v: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(seqs, want, "every span once");
+    a.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_spilled_to_the_wal_and_read_back_keeps_its_unknown_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let hop_port = common::free_port();
+    let hop = format!("http://127.0.0.1:{hop_port}");
+    let mut cfg = processor_config(
+        dir.path(),
+        &[
+            ("PROTOCOL", "http"),
+            ("ENDPOINT", hop.as_str()),
+            ("RETRY__INITIAL_BACKOFF", "20ms"),
+            ("RETRY__MAX_BACKOFF", "100ms"),
+        ],
+    );
+    assert!(cfg.settings.wal.enabled, "the WAL is on by default");
+    // Room for one request: the second waits on disk while the hop is down.
+    cfg.settings.pipeline.max_queued_records = 10;
+    let a = Sidecar::start(cfg).await;
+    let (first, unknown) = with_unknown_fields(&spans(0, 10));
+    let (second, _) = with_unknown_fields(&spans(10, 20));
+    for body in [first, second] {
+        let r = a
+            .post("/v1/traces", "application/x-protobuf", None, body)
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    eventually("the second request is spilled to disk", WAIT, || async {
+        metric_value(
+            &a.metrics_text().await,
+            "otel_anomaly_wal_spilled_requests",
+            &[],
+        ) == Some(1.0)
+    })
+    .await;
+
+    let seen: Shared = Arc::default();
+    let server = capture_hop_on(hop_port, seen.clone()).await;
+    eventually("both requests reach the hop", WAIT, || async {
+        seen.lock().unwrap().traces.len() >= 2
+    })
+    .await;
+    let seqs = check_forwarded(&seen, &unknown, 11);
+    let want: Vec<String> = {
+        let mut v: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(seqs, want, "every span once");
+    a.shutdown().await;
+    server.abort();
+}

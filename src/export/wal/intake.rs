@@ -159,9 +159,9 @@ impl Intake {
             };
             let wal = self.wal.clone();
             let pos = item.position;
-            let read = tokio::task::spawn_blocking(move || wal.read(pos)).await;
+            let read = tokio::task::spawn_blocking(move || wal.read_back(pos)).await;
             let payload = match read {
-                Ok(Ok((_, _, payload))) => Some(payload),
+                Ok(Ok(back)) => Some((back.payload, back.wire)),
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "a request in the write-ahead queue cannot be read back; skipped");
                     self.wal.metrics().corrupt_records.inc();
@@ -173,16 +173,18 @@ impl Intake {
                 }
             };
             match payload {
-                Some(payload) => {
+                Some((payload, wire)) => {
                     let Some(tx) = pipeline.sender() else {
                         pipeline.admission().release(admitted);
                         return;
                     };
-                    // Read back from disk: the OTLP output re-encodes it.
+                    // Read back from disk: the record's bytes go on as the
+                    // request's own, as on the fast path, so what the sender
+                    // put there and this build does not know survives too.
                     let work = Work {
                         payload,
                         delivery: Some(item.delivery.clone()),
-                        wire: None,
+                        wire: pipeline.keeps_wire().then_some(wire),
                     };
                     if tx.send_async(work).await.is_err() {
                         pipeline.admission().release(admitted);

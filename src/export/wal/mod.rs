@@ -291,6 +291,23 @@ pub fn encode_wire(signal: Signal, records: u32, wire: &[u8]) -> Vec<u8> {
     })
 }
 
+/// A request read back from the WAL.
+#[derive(Debug)]
+pub struct ReadBack {
+    pub signal: Signal,
+    pub records: u32,
+    pub payload: Payload,
+    /// The record's protobuf body, which `payload` was decoded from: the
+    /// request's bytes as received ([`encode_wire`]) or the accepted request
+    /// encoded by prost ([`encode_payload`]; every record of format 1 written
+    /// before the received bytes were kept). The two are not told apart, and
+    /// need not be: the OTLP output splices into either (see
+    /// `pipeline::process::base_wire`), and for prost's bytes the result is
+    /// the very bytes it would have made by encoding `payload` again, since
+    /// prost's encoding of what it decoded from its own encoding is the same.
+    pub wire: bytes::Bytes,
+}
+
 /// Decodes a request stored by [`encode_payload`] or [`encode_wire`].
 pub fn decode_payload(signal: Signal, bytes: &[u8]) -> Result<Payload, prost::DecodeError> {
     Ok(match signal {
@@ -619,11 +636,19 @@ impl Wal {
 
     /// Reads back the request at `pos`.
     pub fn read(&self, pos: Position) -> Result<(Signal, u32, Payload), WalError> {
+        let r = self.read_back(pos)?;
+        Ok((r.signal, r.records, r.payload))
+    }
+
+    /// Reads back the request at `pos`, with the protobuf bytes it was
+    /// decoded from (see [`ReadBack::wire`]).
+    pub fn read_back(&self, pos: Position) -> Result<ReadBack, WalError> {
         let path = self.dir.join(segment::file_name(pos.seq));
         let mut buf = vec![0u8; pos.len as usize];
         File::open(&path)
             .and_then(|f| f.read_exact_at(&mut buf, pos.offset))
             .map_err(io(&self.dir, "reading a record"))?;
+        let buf = bytes::Bytes::from(buf);
         let (signal, records, body) =
             segment::decode_record(&buf).map_err(|source| WalError::Record {
                 seq: pos.seq,
@@ -635,7 +660,13 @@ impl Wal {
             offset: pos.offset,
             source,
         })?;
-        Ok((signal, records, payload))
+        let wire = buf.slice_ref(body);
+        Ok(ReadBack {
+            signal,
+            records,
+            payload,
+            wire,
+        })
     }
 
     /// Stops the fsync thread after a last fsync; later appends fail.
@@ -750,6 +781,61 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// One record of format 1, built from the documented layout (not by the encoder).
+    fn format1_record(signal_byte: u8, records: u32, request: &[u8]) -> Vec<u8> {
+        let mut body = vec![signal_byte];
+        body.extend_from_slice(&records.to_le_bytes());
+        body.extend_from_slice(request);
+        let len = (body.len() as u32).to_le_bytes();
+        let mut h = crc32fast::Hasher::new();
+        h.update(&len);
+        h.update(&body);
+        let mut rec = len.to_vec();
+        rec.extend_from_slice(&h.finalize().to_le_bytes());
+        rec.extend_from_slice(&body);
+        rec
+    }
+
+    #[test]
+    fn a_format1_segment_reads_back_with_the_bytes_each_request_was_stored_as() {
+        let dir = tempfile::tempdir().unwrap();
+        let Payload::Logs(logs) = logs_payload(7) else {
+            unreachable!()
+        };
+        // Re-encoded by prost (every record before the received bytes were kept) …
+        let encoded = logs.encode_to_vec();
+        // … and as received: the same request with a field prost does not know
+        // (number 9001, length-delimited) at the end.
+        let mut received = encoded.clone();
+        received.extend_from_slice(&[0xca, 0xb2, 0x04, 3, b'n', b'e', b'w']);
+        let mut seg = b"OAWAL\0\0\x01".to_vec();
+        seg.extend(format1_record(3, 1, &encoded));
+        seg.extend(format1_record(3, 1, &received));
+        std::fs::write(dir.path().join(segment::file_name(1)), &seg).unwrap();
+
+        let (wal, replay) = Wal::open(dir.path(), &settings(), WalMetrics::default()).unwrap();
+        assert_eq!(replay.len(), 2);
+        let first = wal.read_back(replay[0].position).unwrap();
+        let second = wal.read_back(replay[1].position).unwrap();
+        for back in [&first, &second] {
+            assert_eq!(back.signal, Signal::logs);
+            assert_eq!(back.records, 1);
+            let Payload::Logs(got) = &back.payload else {
+                panic!("not logs")
+            };
+            assert_eq!(got, &logs, "both decode to the accepted request");
+        }
+        assert_eq!(&first.wire[..], &encoded[..]);
+        assert_eq!(&second.wire[..], &received[..], "the unknown field is kept");
+        // For prost's bytes, splicing into them is splicing into what
+        // encoding the decoded request again makes.
+        let Payload::Logs(again) = &first.payload else {
+            unreachable!()
+        };
+        assert_eq!(&first.wire[..], &again.encode_to_vec()[..]);
+        wal.close();
     }
 
     #[tokio::test]

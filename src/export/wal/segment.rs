@@ -8,7 +8,9 @@
 //!          4 bytes  CRC-32 (IEEE) of the 4 length bytes followed by the body, u32 little-endian
 //!          n bytes  body: 1 byte signal (1 traces, 2 metrics, 3 logs),
 //!                         4 bytes record count (u32 LE),
-//!                         the export request, protobuf-encoded as accepted
+//!                         the export request as protobuf that decodes to the
+//!                         request as accepted: its bytes as received, or the
+//!                         accepted request encoded again (not marked which)
 //! ```
 //!
 //! Records are only ever appended. After a crash the last record may be
