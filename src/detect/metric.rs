@@ -222,6 +222,12 @@ pub struct SeriesState {
     conv: Converter,
     /// Recent values judged normal (a ring of at most `window` values).
     base: Vec<f64>,
+    /// Indices into `base` in ascending order of value (`f64::total_cmp`),
+    /// so the plain median and MAD need no selection per point; one byte
+    /// each (`MAX_WINDOW` ≤ 256). Not serialised: rebuilt from `base` after
+    /// a restore (see [`SeriesState::sync_order`]).
+    #[serde(skip)]
+    order: Vec<u8>,
     /// Time-of-day bin of each baseline value.
     base_phase: Vec<u16>,
     base_next: u32,
@@ -286,8 +292,15 @@ impl SeriesState {
         let daily_ready = st.seasonal.ready(phase, time_ns, SEASON_MIN_HISTORY_NS);
         let weekly_known = p.weekly && st.weekly.ready(hour, time_ns, WEEK_MIN_HISTORY_NS);
         let weekly_on = daily_ready && weekly_known && st.week_err < st.day_err;
-        let (plain_median, plain_spread) = st.median_spread(scratch, None);
-        let (level, level_spread) = st.median_spread(scratch, Some(weekly_on));
+        st.sync_order();
+        let (plain_median, plain_spread) = st.plain_median_spread(scratch);
+        // The deseasonalised spread only matters once the daily profile is
+        // ready; before that only its median does (the profile's residual).
+        let (level, level_spread) = if daily_ready {
+            st.median_spread(scratch, Some(weekly_on))
+        } else {
+            (st.deseasonalised_median(scratch, weekly_on), f64::NAN)
+        };
         // The weekly profile has already shown over a week that it predicts
         // better than the daily one; it stays in use through a quiet weekend
         // whose spread it cannot shrink (else Monday morning would alert).
@@ -398,6 +411,7 @@ impl SeriesState {
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
             + self.base.capacity() * std::mem::size_of::<f64>()
+            + self.order.capacity()
             + self.base_phase.capacity() * std::mem::size_of::<u16>()
             + self.recent.capacity() * std::mem::size_of::<(f64, u16, i8)>()
             + self.seasonal.offsets.capacity() * std::mem::size_of::<f32>()
@@ -413,15 +427,62 @@ impl SeriesState {
     }
 
     fn push_base(&mut self, x: f64, phase: u16, window: usize) {
-        if self.base.len() < window {
+        let i = if self.base.len() < window {
             self.base.push(x);
             self.base_phase.push(phase);
+            self.base.len() - 1
         } else {
             let i = self.base_next as usize % self.base.len();
+            order_remove(&mut self.order, &self.base, i);
             self.base[i] = x;
             self.base_phase[i] = phase;
-        }
+            i
+        };
+        order_insert(&mut self.order, &self.base, i);
         self.base_next = ((self.base_next as usize + 1) % window) as u32;
+        debug_assert_eq!(self.order.len(), self.base.len());
+    }
+
+    /// Rebuilds the sort order of the baseline when it is out of step (a
+    /// state restored from a snapshot, which does not carry it).
+    fn sync_order(&mut self) {
+        if self.order.len() != self.base.len() {
+            let base = &self.base;
+            self.order.clear();
+            self.order.extend((0..base.len()).map(|i| i as u8));
+            self.order
+                .sort_unstable_by(|&a, &b| base[usize::from(a)].total_cmp(&base[usize::from(b)]));
+        }
+    }
+
+    /// Median and robust spread of the raw baseline values, read off the
+    /// sorted copy: the same median and MAD as [`Self::median_spread`] with
+    /// `None`, without a selection.
+    fn plain_median_spread(&self, scratch: &mut Vec<f64>) -> (f64, f64) {
+        let n = self.order.len();
+        let at = |rank: usize| self.base[usize::from(self.order[rank])];
+        let median = sorted_median(n, at);
+        if !median.is_finite() {
+            // Overflowed values: leave the edge cases to the general path.
+            return self.median_spread(scratch, None);
+        }
+        let mean_abs =
+            self.base.iter().map(|v| (v - median).abs()).sum::<f64>() / self.base.len() as f64;
+        let mad = sorted_mad(n, at, median);
+        (median, combine_spread(mad, mean_abs))
+    }
+
+    /// Median of the baseline values minus the daily profile (the weekly
+    /// one when `weekly`); the first half of [`Self::median_spread`].
+    fn deseasonalised_median(&self, scratch: &mut Vec<f64>, weekly: bool) -> f64 {
+        scratch.clear();
+        scratch.extend(
+            self.base
+                .iter()
+                .zip(&self.base_phase)
+                .map(|(&v, &slot)| v - self.offset(slot, weekly)),
+        );
+        median_in_place(scratch)
     }
 
     /// Seasonal offset of the 5-minute slot of the week `slot`: the weekly
@@ -456,13 +517,7 @@ impl SeriesState {
             *v = (*v - median).abs();
         }
         let mad = median_in_place(scratch);
-        // 1.4826·MAD estimates σ for normal data; when more than half the values
-        // are equal (quantised or idle series) MAD is 0 and the mean absolute
-        // deviation (·1.2533) takes over; the floor keeps a flat line finite.
-        let spread = (MAD_TO_SIGMA * mad)
-            .max(MEAN_ABS_TO_SIGMA * mean_abs)
-            .max(f64::MIN_POSITIVE);
-        (median, spread)
+        (median, combine_spread(mad, mean_abs))
     }
 
     /// Records a point and on which side it was anomalous (0: normal); when
@@ -492,6 +547,7 @@ impl SeriesState {
             .copied()
             .collect();
         self.base.clear();
+        self.order.clear();
         self.base_phase.clear();
         self.base_next = 0;
         for (v, ph, _) in ordered {
@@ -719,6 +775,107 @@ fn raw_of_surprise(surprise: f64) -> f64 {
 }
 
 /// Median of `v` (reorders it); 0 for an empty slice.
+/// Robust spread from the MAD and the mean absolute deviation.
+fn combine_spread(mad: f64, mean_abs: f64) -> f64 {
+    // 1.4826·MAD estimates σ for normal data; when more than half the values
+    // are equal (quantised or idle series) MAD is 0 and the mean absolute
+    // deviation (·1.2533) takes over; the floor keeps a flat line finite.
+    (MAD_TO_SIGMA * mad)
+        .max(MEAN_ABS_TO_SIGMA * mean_abs)
+        .max(f64::MIN_POSITIVE)
+}
+
+// The sort order of the baseline holds its indices as bytes.
+const _: () = assert!(MAX_WINDOW <= 256);
+
+/// First rank in `order` whose value is not below `x` (`f64::total_cmp`).
+fn order_rank(order: &[u8], base: &[f64], x: f64) -> usize {
+    order.partition_point(|&k| base[usize::from(k)].total_cmp(&x).is_lt())
+}
+
+/// Inserts index `i` of `base` into its sort order: a binary search and one memmove.
+fn order_insert(order: &mut Vec<u8>, base: &[f64], i: usize) {
+    let rank = order_rank(order, base, base[i]);
+    order.insert(rank, i as u8);
+}
+
+/// Removes index `i` of `base` (its value still in place) from its sort order.
+fn order_remove(order: &mut Vec<u8>, base: &[f64], i: usize) {
+    let first = order_rank(order, base, base[i]);
+    // Among equal values, find the one stored at `i`.
+    let found = order[first..]
+        .iter()
+        .take_while(|&&k| base[usize::from(k)].to_bits() == base[i].to_bits())
+        .position(|&k| usize::from(k) == i);
+    debug_assert!(found.is_some(), "index {i} missing from the sort order");
+    if let Some(offset) = found {
+        order.remove(first + offset);
+    }
+}
+
+/// [`median_in_place`] of `n` values given in ascending order by `at(rank)`:
+/// the value of rank n/2, averaged with the one of rank n/2 − 1 when n is even.
+fn sorted_median(n: usize, at: impl Fn(usize) -> f64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let hi = at(n / 2);
+    if n % 2 == 1 {
+        return hi;
+    }
+    0.5 * (at(n / 2 - 1) + hi)
+}
+
+/// [`median_in_place`] of the absolute deviations from `median` of `n`
+/// values given in ascending order by `at(rank)`, without building them: the
+/// deviations below the median grow leftwards from it and those above grow
+/// rightwards, so the values of rank n/2 − 1 and n/2 come from merging the
+/// two runs outwards (n/2 + 1 steps).
+fn sorted_mad(n: usize, at: impl Fn(usize) -> f64, median: f64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    // First rank not below the median.
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if at(mid) < median {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let split = lo;
+    // Next candidates: sorted[left - 1] below, sorted[right] above.
+    let (mut left, mut right) = (split, split);
+    let (mut prev, mut cur) = (0.0, 0.0);
+    for _ in 0..=n / 2 {
+        let below = (left > 0).then(|| (at(left - 1) - median).abs());
+        let above = (right < n).then(|| (at(right) - median).abs());
+        prev = cur;
+        cur = match (below, above) {
+            (Some(b), Some(a)) if b < a => {
+                left -= 1;
+                b
+            }
+            (_, Some(a)) => {
+                right += 1;
+                a
+            }
+            (Some(b), None) => {
+                left -= 1;
+                b
+            }
+            (None, None) => break,
+        };
+    }
+    if n % 2 == 1 {
+        cur
+    } else {
+        0.5 * (prev + cur)
+    }
+}
+
 fn median_in_place(v: &mut [f64]) -> f64 {
     let n = v.len();
     if n == 0 {
@@ -1210,5 +1367,99 @@ mod tests {
         assert_eq!(d.histogram_interval(12, &obs), Ok(None));
         assert_eq!(d.histogram_interval(12, &obs), Ok(None));
         assert_eq!(d.series(), 2);
+    }
+
+    /// Values as telemetry has them: noisy, quantised (many ties), signed
+    /// zeros, and occasionally far out.
+    fn telemetry_value() -> impl proptest::strategy::Strategy<Value = f64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => -1e6f64..1e6,
+            3 => (0i32..8).prop_map(f64::from),
+            1 => Just(-0.0),
+            1 => Just(0.0),
+            1 => -1e300f64..1e300,
+        ]
+    }
+
+    proptest::proptest! {
+        /// The sorted-copy median and MAD are the selection-based ones, bit
+        /// for bit; the spread differs at most by the order in which the
+        /// mean absolute deviation is summed.
+        #[test]
+        fn sorted_median_and_mad_match_selection(
+            values in proptest::collection::vec(telemetry_value(), 1..=MAX_WINDOW),
+        ) {
+            let mut sorted = values.clone();
+            sorted.sort_unstable_by(f64::total_cmp);
+            let mut scratch = values.clone();
+            let median = median_in_place(&mut scratch);
+            let at = |rank: usize| sorted[rank];
+            proptest::prop_assert_eq!(sorted_median(sorted.len(), at).to_bits(), median.to_bits());
+            for v in scratch.iter_mut() {
+                *v = (*v - median).abs();
+            }
+            let mad = median_in_place(&mut scratch);
+            if median.is_finite() {
+                proptest::prop_assert_eq!(
+                    sorted_mad(sorted.len(), at, median).to_bits(),
+                    mad.to_bits()
+                );
+            }
+        }
+
+        /// A series state keeps its sorted copy equal to its baseline through
+        /// ring replacement and level shifts, and scores as the selection
+        /// path would: the same median, and the same spread up to rounding.
+        #[test]
+        fn incremental_window_matches_full_recomputation(
+            values in proptest::collection::vec(telemetry_value(), 1..600),
+            window in 1usize..=40,
+            sides in proptest::collection::vec(-1i8..=1, 600),
+        ) {
+            let mut st = SeriesState::default();
+            let mut scratch = Vec::new();
+            for (i, &x) in values.iter().enumerate() {
+                if i % 3 == 0 {
+                    st.track_shift(x, 0, sides[i], window);
+                }
+                st.push_base(x, (i % 2016) as u16, window);
+                let mut expect = st.base.clone();
+                expect.sort_unstable_by(f64::total_cmp);
+                let in_order: Vec<f64> =
+                    st.order.iter().map(|&k| st.base[usize::from(k)]).collect();
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                proptest::prop_assert_eq!(bits(&in_order), bits(&expect));
+                let mut indices = st.order.clone();
+                indices.sort_unstable();
+                proptest::prop_assert!(indices.iter().enumerate().all(|(i, &k)| usize::from(k) == i));
+                let (m_new, s_new) = st.plain_median_spread(&mut scratch);
+                let (m_old, s_old) = st.median_spread(&mut scratch, None);
+                proptest::prop_assert_eq!(m_new.to_bits(), m_old.to_bits());
+                let tolerance = 1e-12 * s_old.abs().max(f64::MIN_POSITIVE);
+                proptest::prop_assert!(
+                    s_new == s_old || (s_new - s_old).abs() <= tolerance,
+                    "spread {} vs {}", s_new, s_old
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn restored_state_rebuilds_its_baseline_order() {
+        let mut d = MetricDetector::new(MetricParams::default());
+        for i in 0..300 {
+            gauge(&mut d, i, (i % 17) as f64);
+        }
+        let state = d.states().next().expect("one series");
+        let bytes = postcard::to_stdvec(state).expect("serialize");
+        let mut copy: SeriesState = postcard::from_bytes(&bytes).expect("deserialize");
+        assert!(copy.order.is_empty(), "the sort order is not serialised");
+        copy.sync_order();
+        let values = |st: &SeriesState| -> Vec<f64> {
+            st.order.iter().map(|&k| st.base[usize::from(k)]).collect()
+        };
+        assert_eq!(copy.order.len(), state.base.len());
+        assert_eq!(values(&copy), values(state));
     }
 }

@@ -161,11 +161,8 @@ impl Explanation {
                     let _ = write!(out, " is within the usual range (below the {quantile} of ");
                 }
                 fmt_ms(out, *baseline_ms);
-                let _ = write!(
-                    out,
-                    " seen for {subject} over the last {}",
-                    humanize_secs(*half_life_s)
-                );
+                let _ = write!(out, " seen for {subject} over the last ");
+                write_duration(out, *half_life_s);
                 if factor < 1.0 {
                     out.push(')');
                 }
@@ -213,14 +210,16 @@ impl Explanation {
     }
 }
 
-fn humanize_secs(s: u64) -> String {
-    if s.is_multiple_of(3600) && s >= 3600 {
-        format!("{} h", s / 3600)
+/// Appends `s` seconds as "2 h", "5 min" or "90 s" (no allocation: this is
+/// written into every span's explanation).
+fn write_duration(out: &mut String, s: u64) {
+    let _ = if s.is_multiple_of(3600) && s >= 3600 {
+        write!(out, "{} h", s / 3600)
     } else if s.is_multiple_of(60) && s >= 60 {
-        format!("{} min", s / 60)
+        write!(out, "{} min", s / 60)
     } else {
-        format!("{s} s")
-    }
+        write!(out, "{s} s")
+    };
 }
 
 /// A detector's judgement of one record.
@@ -303,6 +302,23 @@ mod tests {
             s,
             "duration 870 ms is 7.2× the p99.9 of 120 ms seen for GET /cart over the last 10 min"
         );
+        for (half_life_s, tail) in [(7200, "2 h"), (90, "90 s"), (3660, "61 min"), (0, "0 s")] {
+            s.clear();
+            Explanation::Latency {
+                observed_ms: 0.5,
+                quantile: "p50",
+                baseline_ms: 20_000.0,
+                half_life_s,
+            }
+            .render("GET /", &mut s);
+            assert_eq!(
+                s,
+                format!(
+                    "duration 500 µs is within the usual range (below the p50 of 20.0 s \
+                     seen for GET / over the last {tail})"
+                )
+            );
+        }
         s.clear();
         Explanation::ErrorRate {
             errors: 5,
