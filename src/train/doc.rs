@@ -578,8 +578,13 @@ impl PointSrc {
                     _ => return Err(bad("histogram without an integer count")),
                 };
                 let sum = raw.get("sum").and_then(num).unwrap_or(f64::NAN);
-                quantiles =
-                    quantile_src(&self.metric.ty, raw, cumulative, start_ns).map_err(bad)?;
+                // Buckets that cannot give quantiles leave the mean, as on
+                // the live path (`Processor::derived_verdicts`).
+                quantiles = quantile_src(&self.metric.ty, raw, cumulative, start_ns)
+                    .unwrap_or_else(|why| {
+                        tracing::debug!(metric = %name, why, "histogram document gives no quantiles; its mean is still learned");
+                        None
+                    });
                 PointValue::Histogram {
                     count,
                     sum,
@@ -647,6 +652,58 @@ mod tests {
         let mut out = Vec::new();
         v.encode(&mut out);
         assert_eq!(String::from_utf8(out).unwrap(), text);
+    }
+
+    fn point(metrics: &str, ty: &str) -> PointRec {
+        let text = format!(
+            r#"{{"@timestamp":"2023-11-14T22:13:20Z","metric":{{"name":"d","type":"{ty}","temporality":"cumulative"}},"metrics":{{"d":{metrics}}}}}"#
+        );
+        serde_json::from_str::<PointSrc>(&text)
+            .unwrap()
+            .into_rec()
+            .expect("the point reads back")
+    }
+
+    #[test]
+    fn histogram_documents_without_usable_buckets_keep_their_mean() {
+        // No buckets (the live path derives nothing either), malformed
+        // buckets: the mean is kept, without quantiles.
+        for (m, ty) in [
+            (r#"{"count":3,"sum":6.0}"#, "histogram"),
+            (r#"{"count":3,"sum":6.0,"bucket_counts":"x"}"#, "histogram"),
+            (
+                r#"{"count":3,"sum":6.0,"scale":"x"}"#,
+                "exponential_histogram",
+            ),
+        ] {
+            let p = point(m, ty);
+            assert_eq!(p.quantiles, None, "{m}");
+            assert!(matches!(p.value, PointValue::Histogram { count: 3, .. }));
+        }
+        // A summary without quantiles has no quantile values.
+        let s = point(r#"{"count":3,"sum":6.0,"quantiles":[]}"#, "summary");
+        assert_eq!(s.quantiles, Some(QuantileSrc::Summary([None; 3])));
+        // An exponential histogram: the zero threshold is not stored, read as 0.
+        let e = point(
+            r#"{"count":4,"scale":2,"zero_count":1,"sum":9.0,"positive":{"offset":-3,"bucket_counts":[1,2]}}"#,
+            "exponential_histogram",
+        );
+        let q = e.quantiles.expect("exponential histogram quantile source");
+        let obs = q.obs().expect("histogram obs");
+        assert_eq!(
+            obs.buckets,
+            Buckets::Exponential {
+                scale: 2,
+                zero_count: 1,
+                zero_threshold: 0.0,
+                positive: ExpSide {
+                    offset: -3,
+                    counts: &[1, 2]
+                },
+                negative: ExpSide::default(),
+            }
+        );
+        assert!(obs.cumulative);
     }
 
     #[test]
