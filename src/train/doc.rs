@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use crate::detect::histogram::{summary_quantiles, Buckets, ExpSide, HistogramObs};
 use crate::detect::keys::{key_hash, KeyHash};
 use crate::detect::metric::PointValue;
 use crate::export::document::{json_f64, json_i64, json_str, json_u64};
@@ -329,6 +330,88 @@ pub struct PointRec {
     pub series: KeyHash,
     pub time_ns: u64,
     pub value: PointValue,
+    /// What the quantile series of a histogram, exponential histogram or
+    /// summary point are derived from (`None` for other points, and for an
+    /// explicit histogram without bucket counts, as on the live path).
+    pub quantiles: Option<QuantileSrc>,
+}
+
+/// The buckets of a stored histogram point, owned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BucketsSrc {
+    Explicit {
+        bounds: Vec<f64>,
+        counts: Vec<u64>,
+    },
+    /// The document does not store `zero_threshold`: it is read as 0 (see
+    /// docs/train.md), which only matters when a quantile's rank falls in
+    /// the zero bucket.
+    Exponential {
+        scale: i32,
+        zero_count: u64,
+        positive: (i32, Vec<u64>),
+        negative: (i32, Vec<u64>),
+    },
+}
+
+/// What a histogram or summary document gives its quantile series.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QuantileSrc {
+    /// A histogram's buckets, turned into quantiles by
+    /// `Detectors::histogram` exactly as on the live path.
+    Histogram {
+        buckets: BucketsSrc,
+        cumulative: bool,
+        start_ns: u64,
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    /// A summary's own values at `histogram::QUANTILES`.
+    Summary([Option<f64>; 3]),
+}
+
+impl QuantileSrc {
+    /// The live path's view of a histogram point (`None` for a summary).
+    pub fn obs(&self) -> Option<HistogramObs<'_>> {
+        let QuantileSrc::Histogram {
+            buckets,
+            cumulative,
+            start_ns,
+            min,
+            max,
+        } = self
+        else {
+            return None;
+        };
+        let buckets = match buckets {
+            BucketsSrc::Explicit { bounds, counts } => Buckets::Explicit { bounds, counts },
+            BucketsSrc::Exponential {
+                scale,
+                zero_count,
+                positive,
+                negative,
+            } => Buckets::Exponential {
+                scale: *scale,
+                zero_count: *zero_count,
+                zero_threshold: 0.0,
+                positive: ExpSide {
+                    offset: positive.0,
+                    counts: &positive.1,
+                },
+                negative: ExpSide {
+                    offset: negative.0,
+                    counts: &negative.1,
+                },
+            },
+        };
+        Some(HistogramObs {
+            buckets,
+            cumulative: *cumulative,
+            start_ns: *start_ns,
+            min: *min,
+            max: *max,
+        })
+    }
 }
 
 fn num(v: &Ordered) -> Option<f64> {
@@ -340,6 +423,118 @@ fn num(v: &Ordered) -> Option<f64> {
         Ordered::Null => Some(f64::NAN),
         _ => None,
     }
+}
+
+fn u64_list(v: Option<&Ordered>) -> Option<Vec<u64>> {
+    match v {
+        None => Some(Vec::new()),
+        Some(Ordered::Arr(items)) => items
+            .iter()
+            .map(|i| match i {
+                Ordered::U64(c) => Some(*c),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+fn f64_list(v: Option<&Ordered>) -> Option<Vec<f64>> {
+    match v {
+        None => Some(Vec::new()),
+        Some(Ordered::Arr(items)) => items.iter().map(num).collect(),
+        _ => None,
+    }
+}
+
+/// One side of a stored exponential histogram (absent: no buckets, as `exp_side(None)`).
+fn exp_side(v: Option<&Ordered>) -> Option<(i32, Vec<u64>)> {
+    match v {
+        None => Some((0, Vec::new())),
+        Some(side) => {
+            let offset = match side.get("offset") {
+                Some(Ordered::U64(o)) => i32::try_from(*o).ok()?,
+                Some(Ordered::I64(o)) => i32::try_from(*o).ok()?,
+                None => 0,
+                _ => return None,
+            };
+            Some((offset, u64_list(side.get("bucket_counts"))?))
+        }
+    }
+}
+
+/// The quantile source of a histogram / summary value object, as
+/// `export::document::point_value` wrote it.
+fn quantile_src(
+    ty: &str,
+    raw: &Ordered,
+    cumulative: bool,
+    start_ns: u64,
+) -> Result<Option<QuantileSrc>, &'static str> {
+    let opt_num = |k| raw.get(k).and_then(num);
+    Ok(match ty {
+        "histogram" => {
+            let counts = u64_list(raw.get("bucket_counts"))
+                .ok_or("bucket_counts is not a list of integers")?;
+            if counts.is_empty() {
+                // The live path derives nothing from a point without buckets.
+                return Ok(None);
+            }
+            let bounds = f64_list(raw.get("explicit_bounds"))
+                .ok_or("explicit_bounds is not a list of numbers")?;
+            Some(QuantileSrc::Histogram {
+                buckets: BucketsSrc::Explicit { bounds, counts },
+                cumulative,
+                start_ns,
+                min: opt_num("min"),
+                max: opt_num("max"),
+            })
+        }
+        "exponential_histogram" => {
+            let scale = match raw.get("scale") {
+                Some(Ordered::U64(s)) => i32::try_from(*s).ok(),
+                Some(Ordered::I64(s)) => i32::try_from(*s).ok(),
+                _ => None,
+            }
+            .ok_or("exponential histogram without an integer scale")?;
+            let zero_count = match raw.get("zero_count") {
+                Some(Ordered::U64(z)) => *z,
+                None => 0,
+                _ => return Err("zero_count is not an integer"),
+            };
+            let side = |k| exp_side(raw.get(k)).ok_or("positive / negative buckets are malformed");
+            Some(QuantileSrc::Histogram {
+                buckets: BucketsSrc::Exponential {
+                    scale,
+                    zero_count,
+                    positive: side("positive")?,
+                    negative: side("negative")?,
+                },
+                cumulative,
+                start_ns,
+                min: opt_num("min"),
+                max: opt_num("max"),
+            })
+        }
+        "summary" => {
+            let pairs: Vec<(f64, f64)> = match raw.get("quantiles") {
+                None => Vec::new(),
+                Some(Ordered::Arr(items)) => items
+                    .iter()
+                    .map(|q| {
+                        Some((
+                            q.get("quantile").and_then(num)?,
+                            q.get("value").and_then(num)?,
+                        ))
+                    })
+                    .collect::<Option<_>>()
+                    .ok_or("quantiles are not {quantile, value} numbers")?,
+                Some(_) => return Err("quantiles is not a list"),
+            };
+            Some(QuantileSrc::Summary(summary_quantiles(pairs.into_iter())))
+        }
+        _ => None,
+    })
 }
 
 /// The series key of the live path: hash of the encoded resource, the metric
@@ -366,6 +561,7 @@ impl PointSrc {
             .get(&name)
             .ok_or_else(|| bad("no value under metrics.<name>"))?;
         let cumulative = self.metric.temporality.as_deref() == Some("cumulative");
+        let mut quantiles = None;
         let value = match self.metric.ty.as_str() {
             "gauge" => PointValue::Gauge(num(raw).ok_or_else(|| bad("value is not a number"))?),
             "sum" => {
@@ -382,6 +578,13 @@ impl PointSrc {
                     _ => return Err(bad("histogram without an integer count")),
                 };
                 let sum = raw.get("sum").and_then(num).unwrap_or(f64::NAN);
+                // Buckets that cannot give quantiles leave the mean, as on
+                // the live path (`Processor::derived_verdicts`).
+                quantiles = quantile_src(&self.metric.ty, raw, cumulative, start_ns)
+                    .unwrap_or_else(|why| {
+                        tracing::debug!(metric = %name, why, "histogram document gives no quantiles; its mean is still learned");
+                        None
+                    });
                 PointValue::Histogram {
                     count,
                     sum,
@@ -403,6 +606,7 @@ impl PointSrc {
             metric: name,
             time_ns,
             value,
+            quantiles,
         })
     }
 }
@@ -448,6 +652,58 @@ mod tests {
         let mut out = Vec::new();
         v.encode(&mut out);
         assert_eq!(String::from_utf8(out).unwrap(), text);
+    }
+
+    fn point(metrics: &str, ty: &str) -> PointRec {
+        let text = format!(
+            r#"{{"@timestamp":"2023-11-14T22:13:20Z","metric":{{"name":"d","type":"{ty}","temporality":"cumulative"}},"metrics":{{"d":{metrics}}}}}"#
+        );
+        serde_json::from_str::<PointSrc>(&text)
+            .unwrap()
+            .into_rec()
+            .expect("the point reads back")
+    }
+
+    #[test]
+    fn histogram_documents_without_usable_buckets_keep_their_mean() {
+        // No buckets (the live path derives nothing either), malformed
+        // buckets: the mean is kept, without quantiles.
+        for (m, ty) in [
+            (r#"{"count":3,"sum":6.0}"#, "histogram"),
+            (r#"{"count":3,"sum":6.0,"bucket_counts":"x"}"#, "histogram"),
+            (
+                r#"{"count":3,"sum":6.0,"scale":"x"}"#,
+                "exponential_histogram",
+            ),
+        ] {
+            let p = point(m, ty);
+            assert_eq!(p.quantiles, None, "{m}");
+            assert!(matches!(p.value, PointValue::Histogram { count: 3, .. }));
+        }
+        // A summary without quantiles has no quantile values.
+        let s = point(r#"{"count":3,"sum":6.0,"quantiles":[]}"#, "summary");
+        assert_eq!(s.quantiles, Some(QuantileSrc::Summary([None; 3])));
+        // An exponential histogram: the zero threshold is not stored, read as 0.
+        let e = point(
+            r#"{"count":4,"scale":2,"zero_count":1,"sum":9.0,"positive":{"offset":-3,"bucket_counts":[1,2]}}"#,
+            "exponential_histogram",
+        );
+        let q = e.quantiles.expect("exponential histogram quantile source");
+        let obs = q.obs().expect("histogram obs");
+        assert_eq!(
+            obs.buckets,
+            Buckets::Exponential {
+                scale: 2,
+                zero_count: 1,
+                zero_threshold: 0.0,
+                positive: ExpSide {
+                    offset: -3,
+                    counts: &[1, 2]
+                },
+                negative: ExpSide::default(),
+            }
+        );
+        assert!(obs.cumulative);
     }
 
     #[test]

@@ -351,6 +351,36 @@ struct Scored {
     waiting: Duration,
 }
 
+/// Scores one point read back from a document as the live path scores it
+/// (`Processor::metric_points`): its value (a histogram's mean) on its own
+/// series and, for a histogram, exponential histogram or summary, the
+/// p50 / p95 / p99 series through `Detectors::histogram` / `quantiles`
+/// under the same derived keys. The most anomalous verdict is the point's.
+pub fn score_point(detectors: &Detectors, p: &PointRec) -> Option<crate::detect::Verdict> {
+    let mut verdict = detectors.point(p.series, p.time_ns, p.value);
+    let mut derived = Vec::new();
+    match &p.quantiles {
+        Some(doc::QuantileSrc::Summary(values)) => {
+            detectors.quantiles(p.series, p.time_ns, *values, &mut derived);
+        }
+        Some(q) => {
+            if let Some(obs) = q.obs() {
+                if let Err(e) = detectors.histogram(p.series, p.time_ns, &obs, &mut derived) {
+                    tracing::debug!(metric = %p.metric, error = %e, "histogram document gives no quantiles; its mean is still learned");
+                }
+            }
+        }
+        None => {}
+    }
+    for d in derived {
+        verdict = match verdict {
+            Some(v) if v.score >= d.score => Some(v),
+            _ => Some(d),
+        };
+    }
+    verdict
+}
+
 /// Merges the signals' pages by time and scores them (a blocking thread).
 fn score_merged(
     receivers: Vec<Option<flume::Receiver<Msg>>>,
@@ -404,7 +434,7 @@ fn score_merged(
         }
         let verdict = match &rec {
             Rec::Span(s) => Some(detectors.span(&s.obs(), &mut events)),
-            Rec::Point(p) => detectors.point(p.series, p.time_ns, p.value),
+            Rec::Point(p) => score_point(detectors, p),
             Rec::Log(l) => Some(detectors.log(&l.service, l.time_ns, l.severity_number)),
         };
         out.scoring += started.elapsed();
@@ -426,4 +456,310 @@ fn score_merged(
 pub fn range_since(since: Duration) -> (u64, u64) {
     let to = now_ns();
     (to.saturating_sub(since.as_nanos() as u64), to)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets as ExpBuckets;
+    use opentelemetry_proto::tonic::metrics::v1::summary_data_point::ValueAtQuantile;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        metric, ExponentialHistogram, ExponentialHistogramDataPoint, Histogram, HistogramDataPoint,
+        Metric, ResourceMetrics, ScopeMetrics, Summary, SummaryDataPoint,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    use super::doc::{PointSrc, QuantileSrc};
+    use super::*;
+    use crate::config::Settings;
+    use crate::detect::histogram::{
+        derived_series_key, BucketMemory, Buckets, HistogramObs, BUCKET_STATE_SUFFIX, QUANTILES,
+    };
+    use crate::detect::keys::{key_hash, KeyHash, MapSnapshot};
+    use crate::detect::metric::SeriesState;
+    use crate::detect::snapshot;
+    use crate::pipeline::process::Processor;
+    use crate::pipeline::{AnomalyFeed, Payload};
+    use crate::telemetry::Metrics;
+
+    const T0: u64 = 1_800_000_000_000_000_000;
+    const STEP: u64 = 10_000_000_000;
+    const BOUNDS: [f64; 5] = [10.0, 25.0, 50.0, 100.0, 250.0];
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(name: &str, data: metric::Data) -> Payload {
+        Payload::Metrics(ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                // Not in alphabetical order: the key depends on the order.
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "cart"), kv("host.name", "n1")],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        name: name.into(),
+                        unit: "ms".into(),
+                        data: Some(data),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    fn live_key(name: &str, attrs: &[KeyValue]) -> KeyHash {
+        let resource = Resource {
+            attributes: vec![kv("service.name", "cart"), kv("host.name", "n1")],
+            ..Default::default()
+        };
+        let res = crate::export::document::encode_resource(Some(&resource), "");
+        let mut a = Vec::new();
+        crate::export::document::attributes(&mut a, attrs);
+        key_hash(&[&res, name.as_bytes(), &a])
+    }
+
+    fn metric_keys(bytes: &[u8]) -> std::collections::BTreeSet<u64> {
+        let body = snapshot::decode(bytes, Some("prod")).expect("snapshot decodes");
+        let mut keys = std::collections::BTreeSet::new();
+        for shard in &body.metrics {
+            let m: MapSnapshot<SeriesState> = snapshot::decode_map(shard).expect("shard");
+            keys.extend(m.entries.iter().map(|e| e.0));
+        }
+        keys
+    }
+
+    /// Histogram, exponential-histogram and summary points go through the
+    /// live path (`Processor`), their documents are read back as `train`
+    /// reads them: same series and derived keys, same quantile values, and
+    /// detector state byte for byte the same.
+    #[test]
+    fn histogram_documents_read_back_give_the_live_quantile_series() {
+        let settings = Settings::default();
+        let live = Processor::new(
+            &settings,
+            "otel",
+            Arc::new(Metrics::default()),
+            Arc::new(AnomalyFeed::default()),
+        );
+        let trained = Detectors::new(&settings);
+        let attrs = vec![kv("route", "/pay"), kv("method", "POST")];
+        let mut docs = Vec::new();
+        // (doc obs, live obs) memories of the explicit histogram, to compare values.
+        let (mut mem_doc, mut mem_live) = (BucketMemory::default(), BucketMemory::default());
+        let mut compared = 0;
+        let mut cum = [0u64; 6];
+        let mut sum = 0.0;
+        for i in 0..40u64 {
+            // A reset half way (new start time, counts from zero).
+            let start = if i < 20 { T0 } else { T0 + 20 * STEP };
+            if i == 20 {
+                cum = [0; 6];
+                sum = 0.0;
+            }
+            let new = [
+                i % 3,
+                50 + i % 7,
+                30 + (i * 5) % 11,
+                5 + i % 4,
+                i % 2,
+                i % 5,
+            ];
+            for (c, n) in cum.iter_mut().zip(new) {
+                *c += n;
+            }
+            sum += 40.0 * new.iter().sum::<u64>() as f64 + 0.1 * i as f64;
+            let hp = HistogramDataPoint {
+                attributes: attrs.clone(),
+                start_time_unix_nano: start,
+                time_unix_nano: T0 + i * STEP,
+                count: cum.iter().sum(),
+                sum: Some(sum),
+                bucket_counts: cum.to_vec(),
+                explicit_bounds: BOUNDS.to_vec(),
+                min: Some(0.5),
+                max: Some(400.0 + i as f64 / 3.0),
+                ..Default::default()
+            };
+            let live_obs = HistogramObs {
+                buckets: Buckets::Explicit {
+                    bounds: &hp.explicit_bounds,
+                    counts: &hp.bucket_counts,
+                },
+                cumulative: true,
+                start_ns: hp.start_time_unix_nano,
+                min: hp.min,
+                max: hp.max,
+            };
+            let d = live.process(request(
+                "http.server.duration",
+                metric::Data::Histogram(Histogram {
+                    data_points: vec![hp.clone()],
+                    aggregation_temporality: 2,
+                }),
+            ));
+            assert_eq!(d.len(), 1);
+            let src: PointSrc = serde_json::from_slice(&d[0].source).expect("point document");
+            let rec = src.into_rec().expect("histogram document reads back");
+            assert_eq!(rec.series, live_key("http.server.duration", &attrs));
+            let q = rec
+                .quantiles
+                .as_ref()
+                .expect("histogram has a quantile source");
+            let doc_obs = q.obs().expect("explicit histogram obs");
+            assert_eq!(doc_obs, live_obs, "point {i}");
+            let a = mem_doc.interval(&doc_obs).expect("doc interval");
+            let b = mem_live.interval(&live_obs).expect("live interval");
+            assert_eq!(a, b, "point {i}");
+            if let (Some(a), Some(b)) = (a, b) {
+                for (q, _) in QUANTILES {
+                    let (x, y) = (
+                        a.quantile(q, doc_obs.min, doc_obs.max),
+                        b.quantile(q, live_obs.min, live_obs.max),
+                    );
+                    assert!(x.is_some() && x == y, "point {i} q{q}: {x:?} vs {y:?}");
+                }
+                compared += 1;
+            }
+            docs.push(d[0].source.clone());
+
+            // A cumulative exponential histogram with both sides and a zero
+            // bucket (zero threshold 0: the document does not store it).
+            let mut pos = vec![0u64; 12];
+            for (k, c) in pos.iter_mut().enumerate() {
+                *c = (i + 1) * (3 + (k as u64 * 7 + i) % 5);
+            }
+            let ep = ExponentialHistogramDataPoint {
+                attributes: attrs.clone(),
+                start_time_unix_nano: T0,
+                time_unix_nano: T0 + i * STEP,
+                count: pos.iter().sum::<u64>() + 3 * (i + 1) + 2 * (i + 1),
+                sum: Some(1000.0 * (i + 1) as f64),
+                scale: 3,
+                zero_count: 2 * (i + 1),
+                positive: Some(ExpBuckets {
+                    offset: 40,
+                    bucket_counts: pos,
+                }),
+                negative: Some(ExpBuckets {
+                    offset: -4,
+                    bucket_counts: vec![i + 1, 2 * (i + 1)],
+                }),
+                ..Default::default()
+            };
+            docs.extend(
+                live.process(request(
+                    "rpc.duration",
+                    metric::Data::ExponentialHistogram(ExponentialHistogram {
+                        data_points: vec![ep],
+                        aggregation_temporality: 2,
+                    }),
+                ))
+                .into_iter()
+                .map(|d| d.source),
+            );
+
+            let sp = SummaryDataPoint {
+                attributes: attrs.clone(),
+                start_time_unix_nano: T0,
+                time_unix_nano: T0 + i * STEP,
+                count: 100 * (i + 1),
+                sum: 4000.0 * (i + 1) as f64,
+                quantile_values: [(0.5, 40.0), (0.95, 90.0), (0.99, 120.0)]
+                    .iter()
+                    .map(|&(quantile, v)| ValueAtQuantile {
+                        quantile,
+                        value: v + (i % 4) as f64,
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            docs.extend(
+                live.process(request(
+                    "db.duration",
+                    metric::Data::Summary(Summary {
+                        data_points: vec![sp],
+                    }),
+                ))
+                .into_iter()
+                .map(|d| d.source),
+            );
+        }
+        assert_eq!(
+            compared, 39,
+            "every point but the first has an interval (a reset is one)"
+        );
+
+        for source in &docs {
+            let src: PointSrc = serde_json::from_slice(source).expect("point document");
+            let rec = src.into_rec().expect("document reads back");
+            if rec.metric == "db.duration" {
+                assert!(matches!(rec.quantiles, Some(QuantileSrc::Summary(_))));
+            }
+            score_point(&trained, &rec);
+        }
+
+        let want = live.detectors().snapshot("prod", 0);
+        let got = trained.snapshot("prod", 0);
+        let keys = metric_keys(&want);
+        for name in ["http.server.duration", "rpc.duration", "db.duration"] {
+            let s = live_key(name, &attrs);
+            assert!(keys.contains(&s), "{name}: mean series");
+            for (_, what) in QUANTILES {
+                assert!(
+                    keys.contains(&derived_series_key(s, what)),
+                    "{name}: {what} series"
+                );
+            }
+            let buckets = derived_series_key(s, BUCKET_STATE_SUFFIX);
+            assert_eq!(
+                keys.contains(&buckets),
+                name != "db.duration",
+                "{name}: bucket memory"
+            );
+        }
+        assert_eq!(keys.len(), 3 * 4 + 2);
+        assert_eq!(
+            metric_keys(&got),
+            keys,
+            "train builds the live path's series"
+        );
+        // Every metric series' state (order within a shard aside: the maps
+        // iterate in hash order), and the overflow states.
+        let states = |b: &[u8]| {
+            let body = snapshot::decode(b, Some("prod")).expect("snapshot decodes");
+            let mut m = std::collections::BTreeMap::new();
+            let mut overflow = Vec::new();
+            for shard in &body.metrics {
+                let s: MapSnapshot<SeriesState> = snapshot::decode_map(shard).expect("shard");
+                for (k, v, seen) in s.entries {
+                    m.insert(k, format!("{v:?} {seen}"));
+                }
+                overflow.push(format!("{:?}", s.overflow));
+            }
+            (m, overflow)
+        };
+        let (w, g) = (states(&want), states(&got));
+        for (k, v) in &w.0 {
+            assert_eq!(
+                g.0.get(k),
+                Some(v),
+                "series {k}: trained state differs from the live path's"
+            );
+        }
+        assert!(g == w);
+    }
 }
