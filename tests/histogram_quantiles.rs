@@ -49,31 +49,12 @@ fn request(time_ns: u64, counts: &[u64], sum: f64) -> ExportMetricsServiceReques
     }
 }
 
+/// Metric documents with an anomaly verdict the sidecar wrote.
 fn metric_docs(dir: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("ndjson")) else {
-        return out;
-    };
-    let mut files: Vec<_> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("metrics-"))
-        })
-        .collect();
-    files.sort();
-    for f in files {
-        for line in std::fs::read_to_string(&f).unwrap_or_default().lines() {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                if v.get("anomaly").is_some() {
-                    out.push(v);
-                }
-            }
-        }
-    }
-    out
+    ndjson_docs(dir, "metrics-")
+        .into_iter()
+        .filter(|v| v.get("anomaly").is_some())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,34 +43,6 @@ fn processor_config(dir: &Path, otlp_env: &[(&str, &str)]) -> Config {
     cfg
 }
 
-/// Every NDJSON document of `prefix` streams written by a sidecar with data dir `dir`.
-fn ndjson_docs(dir: &Path, prefix: &str) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("ndjson")) else {
-        return out;
-    };
-    let mut files: Vec<_> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(prefix))
-        })
-        .collect();
-    files.sort();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        // A line still being written is skipped until it is complete.
-        for line in text.lines() {
-            if let Ok(v) = serde_json::from_str(line) {
-                out.push(v);
-            }
-        }
-    }
-    out
-}
-
 fn str_attr(k: &str, v: &str) -> KeyValue {
     KeyValue {
         key: k.into(),

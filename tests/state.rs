@@ -12,28 +12,7 @@ use common::*;
 
 /// Every span document written so far, from all NDJSON trace files.
 fn span_docs(dir: &Path) -> Vec<serde_json::Value> {
-    let mut docs = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("ndjson")) else {
-        return docs;
-    };
-    let mut files: Vec<_> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("traces-"))
-        })
-        .collect();
-    files.sort();
-    for path in files {
-        let text = std::fs::read_to_string(&path).expect("readable output");
-        docs.extend(
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON document")),
-        );
-    }
-    docs
+    ndjson_docs(dir, "traces-")
 }
 
 fn severity_of(dir: &Path, name: &str) -> Vec<String> {

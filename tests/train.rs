@@ -316,22 +316,7 @@ fn span_key(service: &str, name: &str) -> u64 {
 
 /// Every span document the sidecar wrote, from its NDJSON files.
 fn span_docs(dir: &Path) -> Vec<serde_json::Value> {
-    let mut docs = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("ndjson")) else {
-        return docs;
-    };
-    for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().starts_with("traces-") {
-            continue;
-        }
-        let text = std::fs::read_to_string(e.path()).expect("output");
-        docs.extend(
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")),
-        );
-    }
-    docs
+    ndjson_docs(dir, "traces-")
 }
 
 /// Starts a sidecar of environment `prod` (with `model` if given), sends 30

@@ -121,25 +121,10 @@ impl Stream {
 
 /// Metric documents with an anomaly verdict the sidecar wrote, by time.
 fn metric_docs(dir: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("ndjson")) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().starts_with("metrics-") {
-            continue;
-        }
-        for line in std::fs::read_to_string(e.path())
-            .unwrap_or_default()
-            .lines()
-        {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                if v.get("anomaly").is_some() {
-                    out.push(v);
-                }
-            }
-        }
-    }
+    let mut out: Vec<_> = ndjson_docs(dir, "metrics-")
+        .into_iter()
+        .filter(|v| v.get("anomaly").is_some())
+        .collect();
     out.sort_by_key(|d| d["@timestamp"].as_str().unwrap_or_default().to_string());
     out
 }

@@ -63,6 +63,37 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {LO}..{}", LO + SPAN)
 }
 
+/// Every document of the NDJSON files whose names start with `prefix`
+/// (`traces-`, `metrics-`, `logs-`) in a sidecar's `data_dir/ndjson`, file by
+/// file in name order. A last line without its newline is still being written
+/// and is skipped; every complete line must be a JSON document.
+pub fn ndjson_docs(dir: &Path, prefix: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("ndjson")) else {
+        return out;
+    };
+    let mut files: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        for line in complete.lines().filter(|l| !l.trim().is_empty()) {
+            out.push(serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!("{}: a complete line is not JSON ({e}): {line}", f.display())
+            }));
+        }
+    }
+    out
+}
+
 /// Process logs for debugging a failing test: `RUST_LOG=otel_anomaly=debug cargo test …`.
 pub fn init_logs() {
     if let Ok(level) = std::env::var("RUST_LOG") {
