@@ -774,7 +774,6 @@ fn raw_of_surprise(surprise: f64) -> f64 {
     1.0 - (-(surprise - RAW_FROM_SURPRISE).max(0.0) / RAW_SURPRISE_SCALE).exp()
 }
 
-/// Median of `v` (reorders it); 0 for an empty slice.
 /// Robust spread from the MAD and the mean absolute deviation.
 fn combine_spread(mad: f64, mean_abs: f64) -> f64 {
     // 1.4826·MAD estimates σ for normal data; when more than half the values
@@ -876,6 +875,7 @@ fn sorted_mad(n: usize, at: impl Fn(usize) -> f64, median: f64) -> f64 {
     }
 }
 
+/// Median of `v` (reorders it); 0 for an empty slice.
 fn median_in_place(v: &mut [f64]) -> f64 {
     let n = v.len();
     if n == 0 {
