@@ -174,16 +174,7 @@ fn seed(h: &History) -> Seeded {
         t += if t >= dense_from { 3 * S } else { 5 * MIN };
     }
     for chunk in spans.chunks(500) {
-        let req = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(resource("checkout", h.env)),
-                scope_spans: vec![ScopeSpans {
-                    spans: chunk.to_vec(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
+        let req = checkout_request(h.env, chunk.to_vec());
         for d in p.process(Payload::Traces(req)) {
             docs.push((index(Signal::traces), d.source));
         }
@@ -314,6 +305,40 @@ fn span_key(service: &str, name: &str) -> u64 {
     .key()
 }
 
+/// One OTLP trace request: `spans` of service `checkout` in environment `env`.
+fn checkout_request(env: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource("checkout", env)),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Sends `spans` of `checkout` in `prod` to the sidecar writing to `dir`,
+/// waits until `n` span documents are written, stops the sidecar and
+/// returns every span document.
+async fn send_and_stop(
+    sc: Sidecar,
+    dir: &Path,
+    spans: Vec<Span>,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let req = checkout_request("prod", spans);
+    assert!(sc.post_traces(&req).await.status().is_success());
+    eventually(&format!("{n} span documents written"), WAIT, || {
+        let written = span_docs(dir).len();
+        async move { written >= n }
+    })
+    .await;
+    sc.shutdown().await;
+    span_docs(dir)
+}
+
 /// Every span document the sidecar wrote, from its NDJSON files.
 fn span_docs(dir: &Path) -> Vec<serde_json::Value> {
     ndjson_docs(dir, "traces-")
@@ -336,26 +361,10 @@ async fn live_scores(model: Option<&Path>) -> (Vec<f64>, Vec<f64>) {
             span_at(1_000_000 + i, t, ms, "GET /cart", false)
         })
         .collect();
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource("checkout", "prod")),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    assert!(sc.post_traces(&req).await.status().is_success());
-    eventually("50 span documents written", WAIT, || {
-        let n = span_docs(dir.path()).len();
-        async move { n >= 50 }
-    })
-    .await;
-    sc.shutdown().await;
+    let docs = send_and_stop(sc, dir.path(), spans, 50).await;
     let mut normal = Vec::new();
     let mut fault = Vec::new();
-    for d in span_docs(dir.path()) {
+    for d in docs {
         let score = d["anomaly"]["score"].as_f64().unwrap_or(-1.0);
         let ms = d["duration"].as_f64().unwrap_or(0.0) / 1e6;
         if ms > 150.0 {
@@ -518,16 +527,7 @@ async fn keys_read_back_with_scroll_match_the_live_path() {
             });
         }
     }
-    let treq = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource("checkout", "prod")),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let treq = checkout_request("prod", spans);
     for d in p.process(Payload::Traces(treq)) {
         docs.push((stream_name(Signal::traces, DATASET, "prod"), d.source));
     }
@@ -618,16 +618,10 @@ async fn empty_missing_and_badly_mapped_indices_are_clear_errors() {
     assert!(!out.exists(), "no model is written from nothing");
 
     // Documents, but all older than --since: empty as well.
-    let old = processor("prod").process(Payload::Traces(ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource("checkout", "prod")),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![span_at(1, 1_600_000_000 * S, 10.0, "GET /", false)],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }));
+    let old = processor("prod").process(Payload::Traces(checkout_request(
+        "prod",
+        vec![span_at(1, 1_600_000_000 * S, 10.0, "GET /", false)],
+    )));
     let docs: Vec<_> = old
         .into_iter()
         .map(|d| (stream_name(Signal::traces, DATASET, "prod"), d.source))
@@ -674,16 +668,10 @@ async fn empty_missing_and_badly_mapped_indices_are_clear_errors() {
     // A document the reader cannot use is named, not skipped silently.
     let now = otel_anomaly::train::now_ns();
     let bad = serde_json::json!({"@timestamp": rfc3339(now - MIN), "name": "GET /", "kind": "Server", "resource": {}});
-    let good = processor("qa").process(Payload::Traces(ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource("checkout", "qa")),
-            scope_spans: vec![ScopeSpans {
-                spans: vec![span_at(2, now - 2 * MIN, 10.0, "GET /", false)],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }));
+    let good = processor("qa").process(Payload::Traces(checkout_request(
+        "qa",
+        vec![span_at(2, now - 2 * MIN, 10.0, "GET /", false)],
+    )));
     let mut docs: Vec<_> = good
         .into_iter()
         .map(|d| (stream_name(Signal::traces, DATASET, "qa"), d.source))
@@ -800,16 +788,7 @@ fn learned(pairs: &[(&str, f64)], n: u64) -> Vec<u8> {
         }
     }
     spans.sort_by_key(|s| s.start_time_unix_nano);
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource("checkout", "prod")),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let req = checkout_request("prod", spans);
     p.process(Payload::Traces(req));
     p.detectors().snapshot("prod", now)
 }
@@ -865,25 +844,9 @@ async fn model_and_own_snapshot_merge_per_key_with_the_own_state_winning() {
             ));
         }
     }
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource("checkout", "prod")),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    assert!(sc.post_traces(&req).await.status().is_success());
-    eventually("80 span documents written", WAIT, || {
-        let n = span_docs(dir.path()).len();
-        async move { n >= 80 }
-    })
-    .await;
-    sc.shutdown().await;
+    let docs = send_and_stop(sc, dir.path(), spans, 80).await;
     let mut scores: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for d in span_docs(dir.path()) {
+    for d in docs {
         let name = d["name"].as_str().unwrap_or_default().to_string();
         scores
             .entry(name)
@@ -955,16 +918,7 @@ async fn the_sidecar_and_train_share_the_per_environment_targets() {
             )
         })
         .collect();
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource("checkout", "prod")),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let req = checkout_request("prod", spans);
     assert!(sc.post_traces(&req).await.status().is_success());
     let prod_traces = stream_name(Signal::traces, DATASET, "prod");
     let count = |url: String| {
@@ -996,26 +950,20 @@ async fn the_sidecar_and_train_share_the_per_environment_targets() {
 
     // Staging's history only in the central cluster.
     let staging = processor("staging");
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource("checkout", "staging")),
-            scope_spans: vec![ScopeSpans {
-                spans: (0..40u64)
-                    .map(|i| {
-                        span_at(
-                            8_000_000 + i,
-                            now - 60 * S + i * S,
-                            200.0,
-                            "GET /cart",
-                            false,
-                        )
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let req = checkout_request(
+        "staging",
+        (0..40u64)
+            .map(|i| {
+                span_at(
+                    8_000_000 + i,
+                    now - 60 * S + i * S,
+                    200.0,
+                    "GET /cart",
+                    false,
+                )
+            })
+            .collect(),
+    );
     let docs: Vec<(String, bytes::Bytes)> = staging
         .process(Payload::Traces(req))
         .into_iter()
