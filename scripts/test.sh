@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
-# Free disk where the build goes: a full run needs about 6 GB (see README).
+# Free disk where the build goes: the checkout peaks at about 4 GB (README).
 disk() { df -h --output=avail . | tail -n 1 | tr -d ' '; }
 echo "disk available: $(disk)"
 
