@@ -15,7 +15,9 @@
 //!   measured in at this time of day, so it is not alerted every night;
 //! * level-shift adaptation: when most of the last few points were anomalous
 //!   on the same side, the baseline is replaced by them, so a new normal is
-//!   alerted once and then learned;
+//!   alerted once and then learned; a return to the regime before the shift
+//!   (the outage ended, the change was rolled back) is a recovery and is
+//!   judged against that regime, not alerted as a second shift;
 //! * a point surprise from the series' own tail of deviations (peaks over a
 //!   threshold with a generalised Pareto fit, as in SPOT), so a series that
 //!   always jitters must jitter more than it ever did to alert;
@@ -248,6 +250,9 @@ pub struct SeriesState {
     recurring: Recurring,
     /// Long-run mean of |value| (the series' scale).
     scale: f64,
+    /// The regime before the last level shift, while a return to it is
+    /// still a recovery.
+    before_shift: Option<Regime>,
     /// Points left in the current alert's dedup period.
     dedup_left: u32,
     /// Score of the alert that opened the dedup period.
@@ -331,6 +336,13 @@ impl SeriesState {
         } else {
             az
         };
+        // A point closer to the regime before the last level shift than to
+        // the current baseline is measured against that regime, by the score
+        // and by the tail model alike: a recovery is not a new anomaly.
+        let az_eff = match st.before_shift_z(x, st.offset(slot, weekly_on)) {
+            Some(z_before) => az_eff.min(z_before),
+            None => az_eff,
+        };
         st.recurring.learn(phase, day, az);
         // Judged against this series' own tail of deviations once it has
         // enough peaks; against a normal tail before that.
@@ -391,7 +403,14 @@ impl SeriesState {
         }
         if anomalous_point {
             let side = if deviation > 0.0 { 1 } else { -1 };
-            st.track_shift(x, slot, side, window);
+            if st.track_shift(x, slot, side, window) {
+                st.before_shift = Some(Regime {
+                    level: if seasonal { level } else { plain_median },
+                    spread,
+                    seasonal,
+                    left: u32::try_from(p.long_memory).unwrap_or(u32::MAX),
+                });
+            }
         } else {
             st.track_shift(x, slot, 0, window);
             st.push_base(x, slot, window);
@@ -405,6 +424,23 @@ impl SeriesState {
                 what,
             },
         ))
+    }
+
+    /// |z| of a point at `x` against the regime before the last level shift,
+    /// while it is remembered. `offset` is the current seasonal offset
+    /// (added when that regime was deseasonalised). The regime is
+    /// remembered for the long memory (`MetricParams::long_memory` points,
+    /// about 3.5 days at 5-min sampling), so an outage or a bad deploy that
+    /// lasted up to a few days ends quietly.
+    fn before_shift_z(&mut self, x: f64, offset: f64) -> Option<f64> {
+        let prev = self.before_shift.as_mut()?;
+        prev.left = prev.left.saturating_sub(1);
+        let expected = prev.level + if prev.seasonal { offset } else { 0.0 };
+        let z = (x - expected).abs() / prev.spread.max(f64::MIN_POSITIVE);
+        if prev.left == 0 {
+            self.before_shift = None;
+        }
+        Some(z)
     }
 
     /// Bytes this state holds: the struct and its heap buffers.
@@ -558,6 +594,19 @@ impl SeriesState {
         }
         true
     }
+}
+
+/// A series' normal before a level shift.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Regime {
+    /// Baseline median (deseasonalised when `seasonal`).
+    level: f64,
+    /// Baseline spread.
+    spread: f64,
+    /// Whether `level` excludes the daily or weekly profile.
+    seasonal: bool,
+    /// Points left during which a return to this regime is a recovery.
+    left: u32,
 }
 
 /// The series' own distribution of large deviations (peaks over a threshold,
@@ -1090,6 +1139,55 @@ mod tests {
         assert!(max_late < 25.0, "the new level is normal now: {max_late}");
         let b = baseline(last.last().expect("points"));
         assert!((b - 200.0).abs() < 3.0, "baseline {b}");
+    }
+
+    #[test]
+    fn return_to_the_level_before_a_shift_is_a_recovery() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let mut d = MetricDetector::new(MetricParams::default());
+        let per_day = 288u64;
+        // A daily cycle with noise; `offset` moves the whole level.
+        let mut day = |d: &mut MetricDetector, n: u64, offset: f64| -> Vec<f32> {
+            (0..per_day)
+                .map(|k| {
+                    let i = n * per_day + k;
+                    let phase = k as f64 / per_day as f64;
+                    let x = 50.0
+                        + 20.0 * (std::f64::consts::TAU * phase).sin()
+                        + offset
+                        + rng.random_range(-3.0..3.0);
+                    gauge(d, i, x).score
+                })
+                .collect()
+        };
+        for n in 0..10 {
+            day(&mut d, n, 0.0);
+        }
+        // A day at a lower level (an outage of part of the fleet): alerted
+        // at once, then learned as the new normal.
+        let outage = day(&mut d, 10, -30.0);
+        assert!(outage[0] >= ANOMALOUS_SCORE, "{}", outage[0]);
+        assert!(
+            outage[100..].iter().all(|&s| s < DEDUP_FROM_SCORE),
+            "the outage level was not learned"
+        );
+        assert!(
+            d.states()
+                .next()
+                .is_some_and(|st| st.before_shift.is_some()),
+            "the outage was a level shift"
+        );
+        // The fleet recovers: back to the old level, which is not a new
+        // anomaly (judged against the old regime, its noise is noise: at
+        // most one point reaches the Minor band, none the anomalous level).
+        let back = day(&mut d, 11, 0.0);
+        let max_back = back.iter().copied().fold(0.0f32, f32::max);
+        let minor = back.iter().filter(|&&s| s >= DEDUP_FROM_SCORE).count();
+        assert!(max_back < ANOMALOUS_SCORE, "the recovery scored {max_back}");
+        assert!(
+            minor <= 1,
+            "{minor} points of the recovery were Minor or worse"
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ pub const MAGIC: &[u8; 8] = b"OTANSNAP";
 ///
 /// 3: metric series may carry a histogram's previous bucket counts (for
 /// its quantile series); version 2 state is refused like version 1.
-pub const VERSION: u32 = 3;
+///
+/// 4: metric series remember the regime before their last level shift (a
+/// return to it is a recovery); version 3 state is refused like the older
+/// ones (the detector relearns from the live stream).
+pub const VERSION: u32 = 4;
 
 /// Largest ratio of decoded to file size accepted (gzip bombs are refused).
 pub const MAX_INFLATION: u64 = 64;
@@ -242,9 +246,10 @@ mod tests {
             Err(SnapshotError::BadMagic)
         ));
         // Files from the previous formats (version 1, before the weekly
-        // profile; version 2, before histogram bucket memory) and one from a
+        // profile; version 2, before histogram bucket memory; version 3,
+        // before the regime kept across a level shift) and one from a
         // future build are all refused, each saying why.
-        for old in [1u32, 2] {
+        for old in [1u32, 2, 3] {
             let mut v = bytes.clone();
             v[8..12].copy_from_slice(&old.to_le_bytes());
             let e = decode(&v, None).unwrap_err();
