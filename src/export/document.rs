@@ -30,7 +30,12 @@ pub const NOT_SCORED_POINT: &str = "first point of a cumulative series or an emp
 /// Appends `s` as a JSON string. Runs of plain bytes are copied whole;
 /// only `"`, `\\` and control characters are escaped (as serde_json does).
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
+    json_str_bytes(out, s.as_bytes());
+}
+
+/// [`json_str`] of UTF-8 text held as bytes (checked by the caller; the
+/// escaping only looks at ASCII bytes, so the output is the same).
+pub fn json_str_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut start = 0;
@@ -301,7 +306,7 @@ pub struct DataStream {
     pub namespace: String,
 }
 
-fn data_stream(out: &mut Vec<u8>, ty: &str, ds: &DataStream) {
+pub(crate) fn data_stream(out: &mut Vec<u8>, ty: &str, ds: &DataStream) {
     out.extend_from_slice(b"\"data_stream\":{\"type\":");
     json_str(out, ty);
     out.extend_from_slice(b",\"dataset\":");
@@ -311,7 +316,7 @@ fn data_stream(out: &mut Vec<u8>, ty: &str, ds: &DataStream) {
     out.push(b'}');
 }
 
-fn shared_parts(out: &mut Vec<u8>, shared: &Shared<'_>) {
+pub(crate) fn shared_parts(out: &mut Vec<u8>, shared: &Shared<'_>) {
     out.extend_from_slice(b",\"resource\":");
     out.extend_from_slice(shared.resource);
     out.extend_from_slice(b",\"scope\":");
