@@ -39,11 +39,23 @@ pub fn json_str_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight plain bytes at a time (most text has nothing to escape).
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !word_needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
+        i += 1;
         if !needs_escape(b) {
             continue;
         }
-        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(&bytes[start..i - 1]);
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -59,10 +71,24 @@ pub fn json_str_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
                 out.push(HEX[(c & 15) as usize]);
             }
         }
-        start = i + 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// True when any byte of `w` needs escaping ([`needs_escape`]): a byte
+/// below 0x20, `"` or `\\` (the classic has-less / has-zero word tests; no
+/// false negatives, and a false positive only costs a byte-wise look).
+const fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let q = w ^ (ONES * b'"' as u64);
+    let quote = q.wrapping_sub(ONES) & !q & HIGH;
+    let bs = w ^ (ONES * b'\\' as u64);
+    let backslash = bs.wrapping_sub(ONES) & !bs & HIGH;
+    (control | quote | backslash) != 0
 }
 
 /// Appends an unsigned integer in decimal.

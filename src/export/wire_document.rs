@@ -210,7 +210,7 @@ pub fn encode_span(
         out.push(b'}');
     }
     out.extend_from_slice(b",\"attributes\":");
-    attributes(out, s.raw, 9);
+    attributes(out, s.attributes, 9);
     for (name, n) in [
         ("dropped_attributes_count", s.dropped_attributes_count),
         ("dropped_events_count", s.dropped_events_count),
@@ -220,9 +220,9 @@ pub fn encode_span(
             let _ = write!(out, ",\"{name}\":{n}");
         }
     }
-    if s.has_events {
+    if !s.events.is_empty() {
         out.extend_from_slice(b",\"events\":[");
-        for (i, e) in wire::repeated(s.raw, 11).enumerate() {
+        for (i, e) in wire::repeated(s.events, 11).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -245,9 +245,9 @@ pub fn encode_span(
         }
         out.push(b']');
     }
-    if s.has_links {
+    if !s.links.is_empty() {
         out.extend_from_slice(b",\"links\":[");
-        for (i, l) in wire::repeated(s.raw, 13).enumerate() {
+        for (i, l) in wire::repeated(s.links, 13).enumerate() {
             if i > 0 {
                 out.push(b',');
             }

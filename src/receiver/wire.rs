@@ -34,7 +34,15 @@ pub struct Declined;
 /// declines (prost's own limit is 100 messages deep).
 const MAX_VALUE_DEPTH: u32 = 16;
 
+#[inline]
 fn varint(buf: &mut &[u8]) -> Result<u64, Declined> {
+    // Most varints on this path (tags, lengths) are one byte.
+    if let Some((&b, rest)) = buf.split_first() {
+        if b < 0x80 {
+            *buf = rest;
+            return Ok(u64::from(b));
+        }
+    }
     let mut v = 0u64;
     for i in 0..10 {
         let (&b, rest) = buf.split_first().ok_or(Declined)?;
@@ -51,6 +59,7 @@ fn varint(buf: &mut &[u8]) -> Result<u64, Declined> {
     Err(Declined)
 }
 
+#[inline]
 fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], Declined> {
     if buf.len() < n {
         return Err(Declined);
@@ -72,6 +81,7 @@ pub fn fields(msg: &[u8]) -> Fields<'_> {
 }
 
 impl<'a> Fields<'a> {
+    #[inline]
     fn next_field(&mut self) -> Result<(u32, Value<'a>), Declined> {
         let key = varint(&mut self.buf)?;
         if key > u64::from(u32::MAX) {
@@ -105,6 +115,7 @@ impl<'a> Fields<'a> {
 
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<(u32, Value<'a>), Declined>;
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() {
             return None;
@@ -124,8 +135,12 @@ fn checked_fields(msg: &[u8]) -> impl Iterator<Item = (u32, Value<'_>)> {
     fields(msg).map_while(Result::ok)
 }
 
-fn utf8(b: &[u8]) -> Result<&str, Declined> {
-    std::str::from_utf8(b).map_err(|_| Declined)
+fn utf8(b: &[u8]) -> Result<(), Declined> {
+    // ASCII (most names and values) is checked a word at a time.
+    if b.is_ascii() || std::str::from_utf8(b).is_ok() {
+        return Ok(());
+    }
+    Err(Declined)
 }
 
 fn is_varint(v: Value<'_>) -> Result<(), Declined> {
@@ -156,7 +171,7 @@ fn len(v: Value<'_>) -> Result<&[u8], Declined> {
     }
 }
 
-fn string(v: Value<'_>) -> Result<&str, Declined> {
+fn string(v: Value<'_>) -> Result<(), Declined> {
     utf8(len(v)?)
 }
 
@@ -533,8 +548,13 @@ pub struct SpanView<'a> {
     pub dropped_events_count: u32,
     pub dropped_links_count: u32,
     pub status: Option<StatusView<'a>>,
-    pub has_events: bool,
-    pub has_links: bool,
+    /// The part of `raw` from the first attribute to the last (other
+    /// fields may be among them): read again for the document.
+    pub attributes: &'a [u8],
+    /// Likewise for the events (empty: none).
+    pub events: &'a [u8],
+    /// Likewise for the links (empty: none).
+    pub links: &'a [u8],
 }
 
 impl<'a> SpanView<'a> {
@@ -543,8 +563,16 @@ impl<'a> SpanView<'a> {
             raw,
             ..Default::default()
         };
-        // Scalars: the last occurrence wins, as in prost.
-        for (tag, v) in checked_fields(raw) {
+        // (start, end) in `raw` of the attributes, events and links.
+        let mut ranges = [(usize::MAX, 0usize); 3];
+        let mut it = fields(raw);
+        loop {
+            let start = raw.len() - it.buf.len();
+            let Some(Ok((tag, v))) = it.next() else {
+                break;
+            };
+            let end = raw.len() - it.buf.len();
+            // Scalars: the last occurrence wins, as in prost.
             match (tag, v) {
                 (1, Value::Len(b)) => s.trace_id = b,
                 (2, Value::Len(b)) => s.span_id = b,
@@ -554,10 +582,17 @@ impl<'a> SpanView<'a> {
                 (6, Value::Varint(x)) => s.kind = x as i32,
                 (7, Value::Fixed64(x)) => s.start_time_unix_nano = x,
                 (8, Value::Fixed64(x)) => s.end_time_unix_nano = x,
+                (9 | 11 | 13, _) => {
+                    let r = &mut ranges[match tag {
+                        9 => 0,
+                        11 => 1,
+                        _ => 2,
+                    }];
+                    r.0 = r.0.min(start);
+                    r.1 = end;
+                }
                 (10, Value::Varint(x)) => s.dropped_attributes_count = x as u32,
-                (11, _) => s.has_events = true,
                 (12, Value::Varint(x)) => s.dropped_events_count = x as u32,
-                (13, _) => s.has_links = true,
                 (14, Value::Varint(x)) => s.dropped_links_count = x as u32,
                 (15, Value::Len(m)) => {
                     let mut st = StatusView::default();
@@ -573,6 +608,10 @@ impl<'a> SpanView<'a> {
                 _ => {}
             }
         }
+        let part = |(a, b): (usize, usize)| if a < b { &raw[a..b] } else { &raw[..0] };
+        s.attributes = part(ranges[0]);
+        s.events = part(ranges[1]);
+        s.links = part(ranges[2]);
         s
     }
 
