@@ -22,7 +22,7 @@ use tonic::Status;
 use super::grpc::GrpcReceiver;
 use super::http::Otlp;
 use super::partial;
-use crate::pipeline::{validate, Payload, WireTraces};
+use crate::pipeline::{validate, Payload};
 
 /// A received request and its bytes.
 #[derive(Debug)]
@@ -49,11 +49,6 @@ pub trait Signal: Send + Sync + 'static {
     const NAME: &'static str;
     /// The method path.
     const PATH: &'static str;
-    /// The request as a payload read from its bytes without prost, with its
-    /// records, when the wire reader takes it (see `receiver::wire`).
-    fn read_wire(_wire: &Bytes) -> Option<(Payload, usize)> {
-        None
-    }
 }
 
 /// The response type of a signal.
@@ -73,14 +68,6 @@ impl Signal for Traces {
     type Request = ExportTraceServiceRequest;
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-    fn read_wire(wire: &Bytes) -> Option<(Payload, usize)> {
-        let spans = super::wire::check_traces(wire).ok()?;
-        let payload = Payload::TracesWire(WireTraces {
-            bytes: wire.clone(),
-            spans,
-        });
-        Some((payload, spans))
-    }
 }
 
 impl Signal for Metrics {
@@ -107,7 +94,7 @@ impl<S: Signal> Decoder for CaptureDecoder<S> {
     type Error = Status;
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
         let wire = src.copy_to_bytes(src.remaining());
-        if let Some((payload, records)) = S::read_wire(&wire) {
+        if let Some((payload, records)) = S::Request::read_wire(&wire) {
             return Ok(Some(Captured {
                 message: Decoded::Wire(payload, records),
                 wire,
