@@ -25,7 +25,8 @@ use otel_anomaly::export::elasticsearch::gzip;
 use otel_anomaly::export::Doc;
 use otel_anomaly::loadgen::payload::{prepare, Encoding, SignalKind};
 use otel_anomaly::pipeline::process::Processor;
-use otel_anomaly::pipeline::{AnomalyFeed, Payload};
+use otel_anomaly::pipeline::{AnomalyFeed, Payload, WireTraces};
+use otel_anomaly::receiver::wire::check_traces;
 use otel_anomaly::telemetry::Metrics;
 use prost::Message;
 
@@ -56,6 +57,14 @@ fn otlp_decode(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % bodies.len();
             black_box(ExportTraceServiceRequest::decode(bodies[i].as_slice()).expect("valid"))
+        })
+    });
+    // What the receiver does instead on the hot path: check the bytes for the wire reader.
+    g.bench_function("traces_500_spans_wire_check", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % bodies.len();
+            black_box(check_traces(&bodies[i]).expect("accepted"))
         })
     });
     g.finish();
@@ -353,6 +362,28 @@ fn worker_step(c: &mut Criterion) {
             |r| black_box(p.process(Payload::Traces(r))),
             BatchSize::SmallInput,
         )
+    });
+    // The two whole paths from the received bytes: prost decode + score +
+    // documents + drop, against the wire reader's check + score + documents.
+    let bodies: Vec<bytes::Bytes> = trace_bodies(16).into_iter().map(Into::into).collect();
+    g.bench_function("prost_decode_score_encode_500_spans", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % bodies.len();
+            let r = ExportTraceServiceRequest::decode(bodies[i].clone()).expect("valid");
+            black_box(p.process(Payload::Traces(r)))
+        })
+    });
+    g.bench_function("wire_check_score_encode_500_spans", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % bodies.len();
+            let spans = check_traces(&bodies[i]).expect("accepted");
+            black_box(p.process(Payload::TracesWire(WireTraces {
+                bytes: bodies[i].clone(),
+                spans,
+            })))
+        })
     });
     g.finish();
 }

@@ -31,6 +31,7 @@ pub const TARGETS: &[&str] = &[
     "push_api",
     "snapshot",
     "wal_segment",
+    "wire_traces",
 ];
 
 /// Runs target `name` on `data`; `false` if there is no such target.
@@ -43,6 +44,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "push_api" => push_api(data),
         "snapshot" => snapshot(data),
         "wal_segment" => wal_segment(data),
+        "wire_traces" => wire_traces(data),
         _ => return false,
     }
     true
@@ -76,6 +78,7 @@ fn copy(p: &Payload) -> Payload {
         Payload::Traces(r) => Payload::Traces(r.clone()),
         Payload::Metrics(r) => Payload::Metrics(r.clone()),
         Payload::Logs(r) => Payload::Logs(r.clone()),
+        Payload::TracesWire(w) => Payload::TracesWire(w.clone()),
     }
 }
 
@@ -123,6 +126,45 @@ pub fn otlp(data: &[u8], format: Format) {
         }
     }
     p.tick(u64::MAX / 2);
+}
+
+/// The wire reader (`receiver::wire`) against prost: a traces request the
+/// reader accepts must decode with prost, lose no span to validation, and
+/// give the same documents, byte for byte, when scored twice (the second
+/// time against the state the first built).
+pub fn wire_traces(data: &[u8]) {
+    let Ok(spans) = crate::receiver::wire::check_traces(data) else {
+        return;
+    };
+    let mut req = match ExportTraceServiceRequest::decode(data) {
+        Ok(r) => r,
+        Err(e) => panic!("the wire reader accepted a request prost refuses: {e}"),
+    };
+    let checked = validate::traces(&mut req);
+    assert_eq!(
+        (checked.accepted, checked.rejected),
+        (spans, 0),
+        "the wire reader and validation disagree on the spans"
+    );
+    let wire = crate::pipeline::WireTraces {
+        bytes: bytes::Bytes::copy_from_slice(data),
+        spans,
+    };
+    let (by_prost, by_wire) = (processor("fuzz"), processor("fuzz"));
+    for _ in 0..2 {
+        let a = by_prost.process(Payload::Traces(req.clone()));
+        let b = by_wire.process(Payload::TracesWire(wire.clone()));
+        assert_eq!(a.len(), b.len(), "document count");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.id, y.id);
+            assert!(
+                x.source == y.source,
+                "documents differ:\nprost: {}\nwire:  {}",
+                String::from_utf8_lossy(&x.source),
+                String::from_utf8_lossy(&y.source)
+            );
+        }
+    }
 }
 
 const GZIP_LIMIT: usize = 64 << 10;

@@ -287,6 +287,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let torn = encode_record(Signal::metrics, 1, |b| b.extend(metrics().encode_to_vec()));
     segment.extend(&torn[..torn.len() / 2]);
     out.push(("wal_segment", segment));
+    out.push(("wire_traces", traces().encode_to_vec()));
     out
 }
 

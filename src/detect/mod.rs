@@ -109,16 +109,62 @@ pub enum Explanation {
     NotScored(&'static str),
 }
 
-fn fmt_ms(out: &mut String, ms: f64) {
-    let _ = if ms >= 10_000.0 {
-        write!(out, "{:.1} s", ms / 1000.0)
-    } else if ms >= 100.0 {
-        write!(out, "{ms:.0} ms")
-    } else if ms >= 1.0 {
-        write!(out, "{ms:.1} ms")
+/// Appends `v` with `decimals` (0 or 1) digits after the point: the text of
+/// `format!("{v:.0}")` or `format!("{v:.1}")`. Written for every span, so
+/// the common case skips `core::fmt`'s exact float formatting: below 1e9
+/// the scaled value is within 2e-7 of the exact one, so unless it is that
+/// close to a tie (which `fmt` rounds half to even) rounding it gives the
+/// same digits; ties, negatives and large values go through `fmt`.
+fn write_fixed(out: &mut String, v: f64, decimals: u32) {
+    let scaled = if decimals == 0 { v } else { v * 10.0 };
+    if v.is_sign_positive() && scaled < 1e9 && ((scaled - scaled.floor()) - 0.5).abs() > 1e-6 {
+        let n = scaled.round() as u64;
+        let (int, frac) = if decimals == 0 {
+            (n, None)
+        } else {
+            (n / 10, Some(n % 10))
+        };
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut rest = int;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        for &d in &digits[i..] {
+            out.push(d as char);
+        }
+        if let Some(f) = frac {
+            out.push('.');
+            out.push((b'0' + f as u8) as char);
+        }
+        return;
+    }
+    let _ = if decimals == 0 {
+        write!(out, "{v:.0}")
     } else {
-        write!(out, "{:.0} µs", ms * 1000.0)
+        write!(out, "{v:.1}")
     };
+}
+
+fn fmt_ms(out: &mut String, ms: f64) {
+    if ms >= 10_000.0 {
+        write_fixed(out, ms / 1000.0, 1);
+        out.push_str(" s");
+    } else if ms >= 100.0 {
+        write_fixed(out, ms, 0);
+        out.push_str(" ms");
+    } else if ms >= 1.0 {
+        write_fixed(out, ms, 1);
+        out.push_str(" ms");
+    } else {
+        write_fixed(out, ms * 1000.0, 0);
+        out.push_str(" µs");
+    }
 }
 
 fn fmt_num(out: &mut String, v: f64) {
@@ -156,12 +202,18 @@ impl Explanation {
                     0.0
                 };
                 if factor >= 1.0 {
-                    let _ = write!(out, " is {factor:.1}× the {quantile} of ");
+                    out.push_str(" is ");
+                    write_fixed(out, factor, 1);
+                    out.push_str("× the ");
                 } else {
-                    let _ = write!(out, " is within the usual range (below the {quantile} of ");
+                    out.push_str(" is within the usual range (below the ");
                 }
+                out.push_str(quantile);
+                out.push_str(" of ");
                 fmt_ms(out, *baseline_ms);
-                let _ = write!(out, " seen for {subject} over the last ");
+                out.push_str(" seen for ");
+                out.push_str(subject);
+                out.push_str(" over the last ");
                 write_duration(out, *half_life_s);
                 if factor < 1.0 {
                     out.push(')');
@@ -266,6 +318,59 @@ pub const ANOMALOUS_WEIGHT: f32 = 0.05;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn write_fixed_matches_fmt(
+            v in prop_oneof![
+                0.0f64..1e4,
+                0.0f64..2e9,
+                any::<f64>(),
+                // Ties and near-ties (k/20 and k/2 are exact halves or close to them).
+                (0u64..200_000).prop_map(|k| k as f64 / 20.0),
+                (0u64..200_000).prop_map(|k| k as f64 / 2.0),
+                (0u64..200_000).prop_map(|k| k as f64 * 0.05),
+            ],
+            decimals in 0u32..2,
+        ) {
+            let mut ours = String::new();
+            write_fixed(&mut ours, v, decimals);
+            let expected = if decimals == 0 { format!("{v:.0}") } else { format!("{v:.1}") };
+            prop_assert_eq!(ours, expected);
+        }
+    }
+
+    #[test]
+    fn write_fixed_edges() {
+        for v in [
+            0.0,
+            -0.0,
+            0.05,
+            0.25,
+            0.35,
+            0.95,
+            2.5,
+            9.95,
+            99.95,
+            1e9,
+            1e20,
+            f64::NAN,
+            f64::INFINITY,
+            -3.25,
+        ] {
+            for decimals in 0..2 {
+                let mut ours = String::new();
+                write_fixed(&mut ours, v, decimals);
+                let expected = if decimals == 0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.1}")
+                };
+                assert_eq!(ours, expected, "{v} with {decimals} decimals");
+            }
+        }
+    }
 
     #[test]
     fn score_mapping_is_monotone_and_bounded() {

@@ -30,15 +30,32 @@ pub const NOT_SCORED_POINT: &str = "first point of a cumulative series or an emp
 /// Appends `s` as a JSON string. Runs of plain bytes are copied whole;
 /// only `"`, `\\` and control characters are escaped (as serde_json does).
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
+    json_str_bytes(out, s.as_bytes());
+}
+
+/// [`json_str`] of UTF-8 text held as bytes (checked by the caller; the
+/// escaping only looks at ASCII bytes, so the output is the same).
+pub fn json_str_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight plain bytes at a time (most text has nothing to escape).
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !word_needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
+        i += 1;
         if !needs_escape(b) {
             continue;
         }
-        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(&bytes[start..i - 1]);
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -54,10 +71,24 @@ pub fn json_str(out: &mut Vec<u8>, s: &str) {
                 out.push(HEX[(c & 15) as usize]);
             }
         }
-        start = i + 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// True when any byte of `w` needs escaping ([`needs_escape`]): a byte
+/// below 0x20, `"` or `\\` (the classic has-less / has-zero word tests; no
+/// false negatives, and a false positive only costs a byte-wise look).
+const fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let q = w ^ (ONES * b'"' as u64);
+    let quote = q.wrapping_sub(ONES) & !q & HIGH;
+    let bs = w ^ (ONES * b'\\' as u64);
+    let backslash = bs.wrapping_sub(ONES) & !bs & HIGH;
+    (control | quote | backslash) != 0
 }
 
 /// Appends an unsigned integer in decimal.
@@ -301,7 +332,7 @@ pub struct DataStream {
     pub namespace: String,
 }
 
-fn data_stream(out: &mut Vec<u8>, ty: &str, ds: &DataStream) {
+pub(crate) fn data_stream(out: &mut Vec<u8>, ty: &str, ds: &DataStream) {
     out.extend_from_slice(b"\"data_stream\":{\"type\":");
     json_str(out, ty);
     out.extend_from_slice(b",\"dataset\":");
@@ -311,7 +342,7 @@ fn data_stream(out: &mut Vec<u8>, ty: &str, ds: &DataStream) {
     out.push(b'}');
 }
 
-fn shared_parts(out: &mut Vec<u8>, shared: &Shared<'_>) {
+pub(crate) fn shared_parts(out: &mut Vec<u8>, shared: &Shared<'_>) {
     out.extend_from_slice(b",\"resource\":");
     out.extend_from_slice(shared.resource);
     out.extend_from_slice(b",\"scope\":");

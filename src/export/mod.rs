@@ -10,6 +10,7 @@ pub mod elasticsearch;
 pub mod file;
 pub mod otlp;
 pub mod wal;
+pub mod wire_document;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -31,13 +31,32 @@ pub enum Payload {
     Traces(ExportTraceServiceRequest),
     Metrics(ExportMetricsServiceRequest),
     Logs(ExportLogsServiceRequest),
+    /// A traces request kept as its protobuf bytes (gRPC, checked by
+    /// `receiver::wire::check_traces`): scored and written without prost.
+    TracesWire(WireTraces),
+}
+
+/// A traces request as received, accepted by `receiver::wire::check_traces`.
+#[derive(Debug, Clone)]
+pub struct WireTraces {
+    /// The request's protobuf bytes.
+    pub bytes: bytes::Bytes,
+    /// Its spans.
+    pub spans: usize,
+}
+
+impl WireTraces {
+    /// The request decoded by prost (for the consumers that need the types).
+    pub fn decode(&self) -> Result<ExportTraceServiceRequest, prost::DecodeError> {
+        prost::Message::decode(self.bytes.clone())
+    }
 }
 
 impl Payload {
     /// The signal of this payload.
     pub fn signal(&self) -> Signal {
         match self {
-            Payload::Traces(_) => Signal::traces,
+            Payload::Traces(_) | Payload::TracesWire(_) => Signal::traces,
             Payload::Metrics(_) => Signal::metrics,
             Payload::Logs(_) => Signal::logs,
         }

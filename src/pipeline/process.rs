@@ -414,6 +414,7 @@ impl Processor {
             Payload::Traces(req) => self.traces(req, adds.as_deref_mut()),
             Payload::Metrics(req) => self.metric_points(req, adds.as_deref_mut()),
             Payload::Logs(req) => self.logs(req, adds.as_deref_mut()),
+            Payload::TracesWire(w) => self.traces_wire(w, adds.as_deref_mut()),
         };
         let scored = match self.documents() {
             true => docs.len(),
@@ -477,6 +478,63 @@ impl Processor {
                         let id = hex_concat(&[&s.trace_id, &s.span_id]);
                         docs.push(Signal::traces, id, |out| {
                             encode_span(out, s, &shared, &self.data_stream, &verdict, &s.name)
+                        });
+                    }
+                }
+            }
+        }
+        self.publish(events);
+        docs.finish()
+    }
+
+    /// [`Processor::traces`] for a request kept as its protobuf bytes: the
+    /// spans are read in place (`receiver::wire`), with the same verdicts and
+    /// the same documents. Consumers of the prost types (the OTLP output's
+    /// attributes, the traces listener) get the request decoded by prost.
+    fn traces_wire(&self, w: super::WireTraces, adds: Option<&mut Vec<Vec<KeyValue>>>) -> Vec<Doc> {
+        use crate::export::wire_document as wd;
+        use crate::receiver::wire;
+        if adds.is_some() || self.traces_listener.get().is_some() {
+            return match w.decode() {
+                Ok(req) => self.traces(req, adds),
+                Err(e) => {
+                    // check_traces accepts only what prost decodes (see its tests and fuzz target).
+                    tracing::error!(error = %e, "a checked traces request failed to decode; its spans are not scored");
+                    Vec::new()
+                }
+            };
+        }
+        let mut docs = DocBatch::with_capacity(w.spans, DOC_BYTES);
+        let mut events = Vec::new();
+        let latest_ns = now_ns().saturating_add(60_000_000_000);
+        let documents = self.documents();
+        for rs in wire::resource_spans(&w.bytes) {
+            let service =
+                wd::resource_attr_str(rs.resource, "service.name").unwrap_or(UNKNOWN_SERVICE);
+            let res_json = wd::encode_resource(rs.resource, rs.schema_url);
+            for ss in rs.scope_spans() {
+                let scope_json = wd::encode_scope(ss.scope, ss.schema_url);
+                let shared = Shared {
+                    resource: &res_json,
+                    scope: &scope_json,
+                };
+                for s in ss.spans() {
+                    let name = s.name_str();
+                    let obs = SpanObs {
+                        service,
+                        name,
+                        kind: s.kind,
+                        end_ns: s.end_time_unix_nano.min(latest_ns),
+                        duration_ns: s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
+                        is_error: wd::span_is_error(&s),
+                        trace_id: s.trace_id,
+                    };
+                    let verdict = self.detectors.span(&obs, &mut events);
+                    self.note(Signal::traces, service, name, &verdict);
+                    if documents {
+                        let id = hex_concat(&[s.trace_id, s.span_id]);
+                        docs.push(Signal::traces, id, |out| {
+                            wd::encode_span(out, &s, &shared, &self.data_stream, &verdict, name)
                         });
                     }
                 }
@@ -853,6 +911,7 @@ fn records_of(payload: &Payload) -> usize {
             .flat_map(|r| &r.scope_spans)
             .map(|s| s.spans.len())
             .sum(),
+        Payload::TracesWire(w) => w.spans,
         Payload::Metrics(r) => metric_points(r),
         Payload::Logs(r) => r
             .resource_logs
@@ -868,6 +927,7 @@ fn encode_payload(payload: &Payload) -> Vec<u8> {
         Payload::Traces(r) => r.encode_to_vec(),
         Payload::Metrics(r) => r.encode_to_vec(),
         Payload::Logs(r) => r.encode_to_vec(),
+        Payload::TracesWire(w) => w.bytes.to_vec(),
     }
 }
 

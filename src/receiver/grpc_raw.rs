@@ -22,12 +22,22 @@ use tonic::Status;
 use super::grpc::GrpcReceiver;
 use super::http::Otlp;
 use super::partial;
+use crate::pipeline::{validate, Payload};
 
-/// A decoded request and its bytes.
+/// A received request and its bytes.
 #[derive(Debug)]
 pub struct Captured<T> {
-    pub message: T,
+    pub message: Decoded<T>,
     pub wire: Bytes,
+}
+
+/// How a request was read.
+#[derive(Debug)]
+pub enum Decoded<T> {
+    /// Decoded by prost.
+    Prost(T),
+    /// Left as its bytes, checked by the wire reader: the payload and its records.
+    Wire(Payload, usize),
 }
 
 /// One signal's export service.
@@ -84,9 +94,18 @@ impl<S: Signal> Decoder for CaptureDecoder<S> {
     type Error = Status;
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
         let wire = src.copy_to_bytes(src.remaining());
+        if let Some((payload, records)) = S::Request::read_wire(&wire) {
+            return Ok(Some(Captured {
+                message: Decoded::Wire(payload, records),
+                wire,
+            }));
+        }
         let message = S::Request::decode(wire.clone())
             .map_err(|e| Status::invalid_argument(format!("malformed protobuf: {e}")))?;
-        Ok(Some(Captured { message, wire }))
+        Ok(Some(Captured {
+            message: Decoded::Prost(message),
+            wire,
+        }))
     }
 }
 
@@ -155,7 +174,22 @@ impl<S: Signal> tonic::server::UnaryService<Captured<S::Request>> for Export<S> 
     fn call(&mut self, request: tonic::Request<Captured<S::Request>>) -> Self::Future {
         let receiver = self.receiver.clone();
         Box::pin(async move {
-            let Captured { mut message, wire } = request.into_inner();
+            let Captured { message, wire } = request.into_inner();
+            let mut message = match message {
+                Decoded::Prost(m) => m,
+                Decoded::Wire(payload, records) => {
+                    let checked = validate::Checked {
+                        accepted: records,
+                        ..Default::default()
+                    };
+                    receiver
+                        .submit_with_wire(payload, &checked, Some(wire))
+                        .await?;
+                    return Ok(tonic::Response::new(<S::Request as Otlp>::response(
+                        partial(&checked),
+                    )));
+                }
+            };
             let checked = message.check();
             // Records removed by validation are still in the bytes: forward the decoded request then.
             let wire = (checked.rejected == 0).then_some(wire);

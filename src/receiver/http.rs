@@ -29,7 +29,7 @@ use super::auth::ReceiverAuth;
 use super::decode::{decode, decompress, format_of, DecodeError, Format};
 use super::{partial, RETRY_AFTER};
 use crate::pipeline::validate::{self, Checked};
-use crate::pipeline::{Payload, Pipeline, Refusal};
+use crate::pipeline::{Payload, Pipeline, Refusal, WireTraces};
 use crate::telemetry::{Metrics, RejectLabels, RejectReason, Signal};
 
 /// Bodies larger than this are decoded on a blocking thread.
@@ -144,6 +144,12 @@ pub trait Otlp: Message + Default + serde::de::DeserializeOwned + Send + 'static
     fn check(&mut self) -> Checked;
     fn into_payload(self) -> Payload;
     fn response(partial: Option<(i64, String)>) -> Self::Response;
+    /// The request as a payload read from its protobuf bytes without prost,
+    /// with its records, when the wire reader takes it (see `receiver::wire`;
+    /// traces only).
+    fn read_wire(_wire: &bytes::Bytes) -> Option<(Payload, usize)> {
+        None
+    }
 }
 
 impl Otlp for ExportTraceServiceRequest {
@@ -154,6 +160,14 @@ impl Otlp for ExportTraceServiceRequest {
     }
     fn into_payload(self) -> Payload {
         Payload::Traces(self)
+    }
+    fn read_wire(wire: &bytes::Bytes) -> Option<(Payload, usize)> {
+        let spans = super::wire::check_traces(wire).ok()?;
+        let payload = Payload::TracesWire(WireTraces {
+            bytes: wire.clone(),
+            spans,
+        });
+        Some((payload, spans))
     }
     fn response(partial: Option<(i64, String)>) -> Self::Response {
         ExportTraceServiceResponse {
@@ -207,6 +221,13 @@ impl Otlp for ExportLogsServiceRequest {
             }),
         }
     }
+}
+
+/// A received body: decoded by prost (with its bytes, when kept), or left as
+/// its bytes for the wire reader (payload, records, bytes).
+enum Received<T> {
+    Prost(T, Option<bytes::Bytes>),
+    Wire(Payload, usize, bytes::Bytes),
 }
 
 async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Response {
@@ -288,10 +309,15 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
     // Processor mode forwards the request's own bytes (see `Work::wire`);
     // the write-ahead queue stores them as they are.
     let keep_wire = format == Format::Protobuf && state.pipeline.wants_wire();
-    let work = move || -> Result<(T, Option<bytes::Bytes>), DecodeError> {
+    let work = move || -> Result<Received<T>, DecodeError> {
         let body = decompress(raw, encoding.as_deref(), limits.max_decompressed_bytes)?;
+        if format == Format::Protobuf {
+            if let Some((payload, records)) = T::read_wire(&body) {
+                return Ok(Received::Wire(payload, records, body));
+            }
+        }
         let req = decode::<T>(&body, format)?;
-        Ok((req, keep_wire.then_some(body)))
+        Ok(Received::Prost(req, keep_wire.then_some(body)))
     };
     let decoded = if small {
         work()
@@ -301,19 +327,29 @@ async fn handle<T: Otlp>(state: AppState, headers: HeaderMap, body: Body) -> Res
             Err(e) => Err(DecodeError::Protobuf(format!("decoder failed: {e}"))),
         }
     };
-    let (mut req, wire) = match decoded {
-        Ok(r) => r,
+    let (payload, checked, wire) = match decoded {
+        Ok(Received::Wire(payload, records, body)) => {
+            let checked = Checked {
+                accepted: records,
+                ..Default::default()
+            };
+            // The pipeline keeps the bytes only where it wants them (see `Pipeline::accept_wire`).
+            (payload, checked, keep_wire.then_some(body))
+        }
+        Ok(Received::Prost(mut req, wire)) => {
+            let checked = req.check();
+            if checked.rejected > 0 {
+                reject(RejectReason::invalid_record, checked.rejected);
+            }
+            // Records removed by validation are still in the bytes: forward the decoded request then.
+            let wire = wire.filter(|_| checked.rejected == 0);
+            (req.into_payload(), checked, wire)
+        }
         Err(e) => return fail(e),
     };
-    let checked = req.check();
-    if checked.rejected > 0 {
-        reject(RejectReason::invalid_record, checked.rejected);
-    }
-    // Records removed by validation are still in the bytes: forward the decoded request then.
-    let wire = wire.filter(|_| checked.rejected == 0);
     if let Err(r) = state
         .pipeline
-        .accept_wire(req.into_payload(), checked.accepted, wire)
+        .accept_wire(payload, checked.accepted, wire)
         .await
     {
         let (status, reason, retry) = match r {

@@ -7,6 +7,7 @@ pub mod decode;
 pub mod grpc;
 pub mod grpc_raw;
 pub mod http;
+pub mod wire;
 
 use std::time::Duration;
 

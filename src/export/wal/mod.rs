@@ -270,6 +270,7 @@ pub fn encode_payload(payload: &Payload, records: u32) -> Vec<u8> {
         Payload::Traces(r) => r.encoded_len(),
         Payload::Metrics(r) => r.encoded_len(),
         Payload::Logs(r) => r.encoded_len(),
+        Payload::TracesWire(w) => w.bytes.len(),
     };
     segment::encode_record_sized(signal, records, len, |buf| {
         // encode() only fails for lack of room, and a Vec grows.
@@ -277,6 +278,10 @@ pub fn encode_payload(payload: &Payload, records: u32) -> Vec<u8> {
             Payload::Traces(r) => r.encode(buf),
             Payload::Metrics(r) => r.encode(buf),
             Payload::Logs(r) => r.encode(buf),
+            Payload::TracesWire(w) => {
+                buf.extend_from_slice(&w.bytes);
+                Ok(())
+            }
         };
     })
 }
