@@ -94,7 +94,10 @@ impl<S: Signal> Decoder for CaptureDecoder<S> {
     type Error = Status;
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
         let wire = src.copy_to_bytes(src.remaining());
-        if let Some((payload, records)) = S::Request::read_wire(&wire) {
+        // The wire reader's payload waits in the queue until it is scored: it
+        // gets bytes of its own, not a slice that would keep the whole of
+        // tonic's receive buffer allocated that long.
+        if let Some((payload, records)) = S::Request::read_wire(&Bytes::copy_from_slice(&wire)) {
             return Ok(Some(Captured {
                 message: Decoded::Wire(payload, records),
                 wire,

@@ -660,12 +660,24 @@ impl Wal {
                 offset: pos.offset,
                 source,
             })?;
-        let payload = decode_payload(signal, body).map_err(|source| WalError::Decode {
-            seq: pos.seq,
-            offset: pos.offset,
-            source,
-        })?;
         let wire = buf.slice_ref(body);
+        // Traces the wire reader takes are queued as their bytes, as the
+        // receivers queue them (a spilled request is read back at saturation).
+        let spans = match signal {
+            Signal::traces => crate::receiver::wire::check_traces(body).ok(),
+            _ => None,
+        };
+        let payload = match spans {
+            Some(spans) => Payload::TracesWire(crate::pipeline::WireTraces {
+                bytes: wire.clone(),
+                spans,
+            }),
+            None => decode_payload(signal, body).map_err(|source| WalError::Decode {
+                seq: pos.seq,
+                offset: pos.offset,
+                source,
+            })?,
+        };
         Ok(ReadBack {
             signal,
             records,
