@@ -377,69 +377,40 @@ pub fn encode_span(
     verdict: &Verdict,
     subject: &str,
 ) {
-    out.extend_from_slice(b"{\"@timestamp\":");
-    json_time(out, s.start_time_unix_nano);
-    out.push(b',');
-    data_stream(out, "traces", ds);
-    out.extend_from_slice(b",\"trace_id\":");
-    json_hex(out, &s.trace_id);
-    out.extend_from_slice(b",\"span_id\":");
-    json_hex(out, &s.span_id);
-    if !s.parent_span_id.is_empty() {
-        out.extend_from_slice(b",\"parent_span_id\":");
-        json_hex(out, &s.parent_span_id);
-    }
-    if !s.trace_state.is_empty() {
-        out.extend_from_slice(b",\"trace_state\":");
-        json_str(out, &s.trace_state);
-    }
-    out.extend_from_slice(b",\"name\":");
-    json_str(out, &s.name);
-    out.extend_from_slice(b",\"kind\":");
-    json_str(out, span_kind_name(s.kind));
-    out.extend_from_slice(b",\"duration\":");
-    json_u64(
+    span_head(
         out,
-        s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
+        &SpanHead {
+            start_time_unix_nano: s.start_time_unix_nano,
+            end_time_unix_nano: s.end_time_unix_nano,
+            trace_id: &s.trace_id,
+            span_id: &s.span_id,
+            parent_span_id: &s.parent_span_id,
+            trace_state: s.trace_state.as_bytes(),
+            name: s.name.as_bytes(),
+            kind: s.kind,
+            status: s.status.as_ref().map(|st| (st.code, st.message.as_bytes())),
+        },
+        ds,
     );
-    if let Some(st) = &s.status {
-        let code = match status::StatusCode::try_from(st.code) {
-            Ok(status::StatusCode::Ok) => "Ok",
-            Ok(status::StatusCode::Error) => "Error",
-            _ => "Unset",
-        };
-        out.extend_from_slice(b",\"status\":{\"code\":");
-        json_str(out, code);
-        if !st.message.is_empty() {
-            out.extend_from_slice(b",\"message\":");
-            json_str(out, &st.message);
-        }
-        out.push(b'}');
-    }
     out.extend_from_slice(b",\"attributes\":");
     attributes(out, &s.attributes);
-    for (name, n) in [
-        ("dropped_attributes_count", s.dropped_attributes_count),
-        ("dropped_events_count", s.dropped_events_count),
-        ("dropped_links_count", s.dropped_links_count),
-    ] {
-        if n > 0 {
-            let _ = write!(out, ",\"{name}\":{n}");
-        }
-    }
+    dropped_counts(
+        out,
+        [
+            s.dropped_attributes_count,
+            s.dropped_events_count,
+            s.dropped_links_count,
+        ],
+    );
     if !s.events.is_empty() {
         out.extend_from_slice(b",\"events\":[");
         for (i, e) in s.events.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(b"{\"@timestamp\":");
-            json_time(out, e.time_unix_nano);
-            out.extend_from_slice(b",\"name\":");
-            json_str(out, &e.name);
-            out.extend_from_slice(b",\"attributes\":");
-            attributes(out, &e.attributes);
-            out.push(b'}');
+            span_event(out, e.time_unix_nano, e.name.as_bytes(), |out| {
+                attributes(out, &e.attributes)
+            });
         }
         out.push(b']');
     }
@@ -449,23 +420,125 @@ pub fn encode_span(
             if i > 0 {
                 out.push(b',');
             }
-            out.extend_from_slice(b"{\"trace_id\":");
-            json_hex(out, &l.trace_id);
-            out.extend_from_slice(b",\"span_id\":");
-            json_hex(out, &l.span_id);
-            if !l.trace_state.is_empty() {
-                out.extend_from_slice(b",\"trace_state\":");
-                json_str(out, &l.trace_state);
-            }
-            out.extend_from_slice(b",\"attributes\":");
-            attributes(out, &l.attributes);
-            out.push(b'}');
+            span_link(
+                out,
+                (&l.trace_id, &l.span_id, l.trace_state.as_bytes()),
+                |out| attributes(out, &l.attributes),
+            );
         }
         out.push(b']');
     }
     shared_parts(out, shared);
     out.push(b',');
     enrich::write_anomaly_json(out, verdict, subject);
+    out.push(b'}');
+}
+
+/// The scalar fields of a span, borrowed from either decoder (the prost
+/// types or `receiver::wire`'s view of the received bytes): both write their
+/// documents through [`span_head`], [`dropped_counts`], [`span_event`] and
+/// [`span_link`], so the two paths cannot drift apart field by field.
+pub struct SpanHead<'a> {
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub parent_span_id: &'a [u8],
+    /// UTF-8 (checked by the decoder).
+    pub trace_state: &'a [u8],
+    /// UTF-8 (checked by the decoder).
+    pub name: &'a [u8],
+    pub kind: i32,
+    /// (code, message), the message UTF-8.
+    pub status: Option<(i32, &'a [u8])>,
+}
+
+/// Opens a span document and writes its fields up to its attributes.
+pub fn span_head(out: &mut Vec<u8>, h: &SpanHead<'_>, ds: &DataStream) {
+    out.extend_from_slice(b"{\"@timestamp\":");
+    json_time(out, h.start_time_unix_nano);
+    out.push(b',');
+    data_stream(out, "traces", ds);
+    out.extend_from_slice(b",\"trace_id\":");
+    json_hex(out, h.trace_id);
+    out.extend_from_slice(b",\"span_id\":");
+    json_hex(out, h.span_id);
+    if !h.parent_span_id.is_empty() {
+        out.extend_from_slice(b",\"parent_span_id\":");
+        json_hex(out, h.parent_span_id);
+    }
+    if !h.trace_state.is_empty() {
+        out.extend_from_slice(b",\"trace_state\":");
+        json_str_bytes(out, h.trace_state);
+    }
+    out.extend_from_slice(b",\"name\":");
+    json_str_bytes(out, h.name);
+    out.extend_from_slice(b",\"kind\":");
+    json_str(out, span_kind_name(h.kind));
+    out.extend_from_slice(b",\"duration\":");
+    json_u64(
+        out,
+        h.end_time_unix_nano.saturating_sub(h.start_time_unix_nano),
+    );
+    if let Some((code, message)) = h.status {
+        let code = match status::StatusCode::try_from(code) {
+            Ok(status::StatusCode::Ok) => "Ok",
+            Ok(status::StatusCode::Error) => "Error",
+            _ => "Unset",
+        };
+        out.extend_from_slice(b",\"status\":{\"code\":");
+        json_str(out, code);
+        if !message.is_empty() {
+            out.extend_from_slice(b",\"message\":");
+            json_str_bytes(out, message);
+        }
+        out.push(b'}');
+    }
+}
+
+/// The span's dropped attributes / events / links counts, each only when
+/// above zero.
+pub fn dropped_counts(out: &mut Vec<u8>, [attributes, events, links]: [u32; 3]) {
+    for (name, n) in [
+        ("dropped_attributes_count", attributes),
+        ("dropped_events_count", events),
+        ("dropped_links_count", links),
+    ] {
+        if n > 0 {
+            let _ = write!(out, ",\"{name}\":{n}");
+        }
+    }
+}
+
+/// One object of a span's `events` (the name UTF-8); `attrs` writes its
+/// attributes object.
+pub fn span_event(out: &mut Vec<u8>, time: u64, name: &[u8], attrs: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(b"{\"@timestamp\":");
+    json_time(out, time);
+    out.extend_from_slice(b",\"name\":");
+    json_str_bytes(out, name);
+    out.extend_from_slice(b",\"attributes\":");
+    attrs(out);
+    out.push(b'}');
+}
+
+/// One object of a span's `links`: (trace id, span id, trace state UTF-8);
+/// `attrs` writes its attributes object.
+pub fn span_link(
+    out: &mut Vec<u8>,
+    (trace_id, span_id, trace_state): (&[u8], &[u8], &[u8]),
+    attrs: impl FnOnce(&mut Vec<u8>),
+) {
+    out.extend_from_slice(b"{\"trace_id\":");
+    json_hex(out, trace_id);
+    out.extend_from_slice(b",\"span_id\":");
+    json_hex(out, span_id);
+    if !trace_state.is_empty() {
+        out.extend_from_slice(b",\"trace_state\":");
+        json_str_bytes(out, trace_state);
+    }
+    out.extend_from_slice(b",\"attributes\":");
+    attrs(out);
     out.push(b'}');
 }
 

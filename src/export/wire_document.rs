@@ -11,8 +11,8 @@ use base64::Engine as _;
 use crate::detect::Verdict;
 use crate::enrich;
 use crate::export::document::{
-    data_stream, json_f64, json_hex, json_i64, json_str, json_str_bytes, json_time, json_u64,
-    shared_parts, span_kind_name, DataStream, Shared,
+    dropped_counts, json_f64, json_i64, json_str_bytes, shared_parts, span_event, span_head,
+    span_link, DataStream, Shared, SpanHead,
 };
 use crate::receiver::wire::{self, Any, SpanView};
 
@@ -170,56 +170,31 @@ pub fn encode_span(
     verdict: &Verdict,
     subject: &str,
 ) {
-    out.extend_from_slice(b"{\"@timestamp\":");
-    json_time(out, s.start_time_unix_nano);
-    out.push(b',');
-    data_stream(out, "traces", ds);
-    out.extend_from_slice(b",\"trace_id\":");
-    json_hex(out, s.trace_id);
-    out.extend_from_slice(b",\"span_id\":");
-    json_hex(out, s.span_id);
-    if !s.parent_span_id.is_empty() {
-        out.extend_from_slice(b",\"parent_span_id\":");
-        json_hex(out, s.parent_span_id);
-    }
-    if !s.trace_state.is_empty() {
-        out.extend_from_slice(b",\"trace_state\":");
-        json_str_bytes(out, s.trace_state);
-    }
-    out.extend_from_slice(b",\"name\":");
-    json_str_bytes(out, s.name);
-    out.extend_from_slice(b",\"kind\":");
-    json_str(out, span_kind_name(s.kind));
-    out.extend_from_slice(b",\"duration\":");
-    json_u64(
+    span_head(
         out,
-        s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
+        &SpanHead {
+            start_time_unix_nano: s.start_time_unix_nano,
+            end_time_unix_nano: s.end_time_unix_nano,
+            trace_id: s.trace_id,
+            span_id: s.span_id,
+            parent_span_id: s.parent_span_id,
+            trace_state: s.trace_state,
+            name: s.name,
+            kind: s.kind,
+            status: s.status.map(|st| (st.code, st.message)),
+        },
+        ds,
     );
-    if let Some(st) = &s.status {
-        let code = match st.code {
-            1 => "Ok",
-            2 => "Error",
-            _ => "Unset",
-        };
-        out.extend_from_slice(b",\"status\":{\"code\":");
-        json_str(out, code);
-        if !st.message.is_empty() {
-            out.extend_from_slice(b",\"message\":");
-            json_str_bytes(out, st.message);
-        }
-        out.push(b'}');
-    }
     out.extend_from_slice(b",\"attributes\":");
     attributes(out, s.attributes, 9);
-    for (name, n) in [
-        ("dropped_attributes_count", s.dropped_attributes_count),
-        ("dropped_events_count", s.dropped_events_count),
-        ("dropped_links_count", s.dropped_links_count),
-    ] {
-        if n > 0 {
-            let _ = write!(out, ",\"{name}\":{n}");
-        }
-    }
+    dropped_counts(
+        out,
+        [
+            s.dropped_attributes_count,
+            s.dropped_events_count,
+            s.dropped_links_count,
+        ],
+    );
     if !s.events.is_empty() {
         out.extend_from_slice(b",\"events\":[");
         for (i, e) in wire::repeated(s.events, 11).enumerate() {
@@ -235,13 +210,7 @@ pub fn encode_span(
                     _ => {}
                 }
             }
-            out.extend_from_slice(b"{\"@timestamp\":");
-            json_time(out, time);
-            out.extend_from_slice(b",\"name\":");
-            json_str_bytes(out, name);
-            out.extend_from_slice(b",\"attributes\":");
-            attributes(out, e, 3);
-            out.push(b'}');
+            span_event(out, time, name, |out| attributes(out, e, 3));
         }
         out.push(b']');
     }
@@ -251,18 +220,12 @@ pub fn encode_span(
             if i > 0 {
                 out.push(b',');
             }
-            let trace_state = wire::last_len(l, 3);
-            out.extend_from_slice(b"{\"trace_id\":");
-            json_hex(out, wire::last_len(l, 1));
-            out.extend_from_slice(b",\"span_id\":");
-            json_hex(out, wire::last_len(l, 2));
-            if !trace_state.is_empty() {
-                out.extend_from_slice(b",\"trace_state\":");
-                json_str_bytes(out, trace_state);
-            }
-            out.extend_from_slice(b",\"attributes\":");
-            attributes(out, l, 4);
-            out.push(b'}');
+            let ids = (
+                wire::last_len(l, 1),
+                wire::last_len(l, 2),
+                wire::last_len(l, 3),
+            );
+            span_link(out, ids, |out| attributes(out, l, 4));
         }
         out.push(b']');
     }
