@@ -293,8 +293,7 @@ fn requests_the_reader_leaves_to_prost_are_declined() {
     );
 
     // A singular message twice (prost merges the two): the status of a span.
-    let mut bytes = one_span_request(good_span(), None).encode_to_vec();
-    let ok = bytes.clone();
+    let ok = one_span_request(good_span(), None).encode_to_vec();
     assert_eq!(check_traces(&ok), Ok(1));
     let status = Status {
         message: "x".into(),
@@ -303,22 +302,9 @@ fn requests_the_reader_leaves_to_prost_are_declined() {
     .encode_to_vec();
     let mut span = good_span().encode_to_vec();
     for _ in 0..2 {
-        prost::encoding::encode_key(15, prost::encoding::WireType::LengthDelimited, &mut span);
-        prost::encoding::encode_varint(status.len() as u64, &mut span);
-        span.extend_from_slice(&status);
+        len_field(15, &status, &mut span);
     }
-    let mut scope = Vec::new();
-    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut scope);
-    prost::encoding::encode_varint(span.len() as u64, &mut scope);
-    scope.extend_from_slice(&span);
-    let mut rs = Vec::new();
-    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut rs);
-    prost::encoding::encode_varint(scope.len() as u64, &mut rs);
-    rs.extend_from_slice(&scope);
-    bytes.clear();
-    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut bytes);
-    prost::encoding::encode_varint(rs.len() as u64, &mut bytes);
-    bytes.extend_from_slice(&rs);
+    let bytes = request_of_span_bytes(&span);
     assert!(ExportTraceServiceRequest::decode(bytes.as_slice()).is_ok());
     assert_eq!(check_traces(&bytes), Err(Declined));
 
@@ -345,23 +331,31 @@ fn requests_the_reader_leaves_to_prost_are_declined() {
     assert_eq!(check_traces(&bytes[..bytes.len() - 1]), Err(Declined));
 }
 
+/// Appends field `tag` holding `body` (wire type LEN).
+fn len_field(tag: u32, body: &[u8], out: &mut Vec<u8>) {
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(body.len() as u64, out);
+    out.extend_from_slice(body);
+}
+
+/// A request of one resource, one scope and the span given as raw bytes
+/// (for spans prost would not write, e.g. a field twice).
+fn request_of_span_bytes(span: &[u8]) -> Vec<u8> {
+    let mut scope = Vec::new();
+    len_field(2, span, &mut scope);
+    let mut rs = Vec::new();
+    len_field(2, &scope, &mut rs);
+    let mut bytes = Vec::new();
+    len_field(1, &rs, &mut bytes);
+    bytes
+}
+
 #[test]
 fn a_last_scalar_wins_as_in_prost() {
     // The name twice: prost keeps the last one, and so do the documents.
     let mut span = good_span().encode_to_vec();
     prost::encoding::string::encode(5, &"POST /pay".to_string(), &mut span);
-    let mut scope = Vec::new();
-    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut scope);
-    prost::encoding::encode_varint(span.len() as u64, &mut scope);
-    scope.extend_from_slice(&span);
-    let mut rs = Vec::new();
-    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut rs);
-    prost::encoding::encode_varint(scope.len() as u64, &mut rs);
-    rs.extend_from_slice(&scope);
-    let mut bytes = Vec::new();
-    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut bytes);
-    prost::encoding::encode_varint(rs.len() as u64, &mut bytes);
-    bytes.extend_from_slice(&rs);
+    let bytes = request_of_span_bytes(&span);
     let req = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
     assert_eq!(
         req.resource_spans[0].scope_spans[0].spans[0].name,
