@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the sidecar's per-record work: OTLP decode, span and
 //! point scoring, Elasticsearch document encoding, bulk body build (with and
-//! without gzip), and the whole scoring worker step on one request.
+//! without gzip), the whole scoring worker step on one request, and the
+//! detector snapshot (encode, restore, atomic write).
 //! Inputs are the load generator's realistic payloads; setup stays out of
 //! the timing.
 //!
@@ -24,7 +25,7 @@ use otel_anomaly::export::document::{
 use otel_anomaly::export::elasticsearch::gzip;
 use otel_anomaly::export::Doc;
 use otel_anomaly::loadgen::payload::{prepare, Encoding, SignalKind};
-use otel_anomaly::pipeline::process::Processor;
+use otel_anomaly::pipeline::process::{Detectors, Processor};
 use otel_anomaly::pipeline::{AnomalyFeed, Payload, WireTraces};
 use otel_anomaly::receiver::wire::check_traces;
 use otel_anomaly::telemetry::Metrics;
@@ -388,6 +389,64 @@ fn worker_step(c: &mut Criterion) {
     g.finish();
 }
 
+/// The detector snapshot the sidecar writes periodically and at shutdown:
+/// 8,000 span keys and 8,000 gauge series (under the default caps of
+/// 10,000 keys and 50,000 series), each past its cold start.
+fn snapshot(c: &mut Criterion) {
+    const KEYS: usize = 8_000;
+    let det = Detectors::new(&Settings::default());
+    let names: Vec<String> = (0..KEYS).map(|i| format!("GET /api/v1/item/{i}")).collect();
+    let mut events = Vec::new();
+    let mut t: u64 = NOW_NS;
+    for round in 0..40u64 {
+        t += 10_000_000_000;
+        for (i, name) in names.iter().enumerate() {
+            let dur = 2_000_000 + ((i as u64 * 7_919 + round * 104_729) % 1_000_000);
+            let obs = SpanObs {
+                service: "checkout",
+                name,
+                kind: 2,
+                end_ns: t + i as u64,
+                duration_ns: dur,
+                is_error: (i as u64 + round) % 97 == 0,
+                trace_id: &[7u8; 16],
+            };
+            black_box(det.span(&obs, &mut events));
+            let v = 100.0 + ((i as u64 * 31 + round * 17) % 50) as f64;
+            black_box(det.point(key_hash(&[name.as_bytes()]), t, PointValue::Gauge(v)));
+        }
+        events.clear();
+    }
+    let bytes = det.snapshot("bench", t);
+    let (spans, _, series, _) = det.stats();
+    eprintln!(
+        "snapshot: {spans} span keys, {series} metric series, {} bytes ({:.0} per key or series)",
+        bytes.len(),
+        bytes.len() as f64 / (spans + series) as f64
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("detectors.snapshot");
+    let mut g = c.benchmark_group("snapshot");
+    g.throughput(Throughput::Elements((spans + series) as u64));
+    g.sample_size(20);
+    g.bench_function("encode_8k_keys_8k_series", |b| {
+        b.iter(|| black_box(det.snapshot("bench", t).len()))
+    });
+    g.bench_function("restore_8k_keys_8k_series", |b| {
+        let fresh = Detectors::new(&Settings::default());
+        b.iter(|| black_box(fresh.restore(&bytes, "bench").expect("restores")))
+    });
+    // What `pipeline.snapshot_interval` costs: encode, then temporary file,
+    // fsync, rename, fsync of the directory.
+    g.bench_function("save_8k_keys_8k_series", |b| {
+        b.iter(|| {
+            let bytes = det.snapshot("bench", t);
+            otel_anomaly::pipeline::snapshot::write_atomic(&path, &bytes).expect("writes");
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     otlp_decode,
@@ -395,6 +454,7 @@ criterion_group!(
     point_scoring,
     es_document,
     bulk_body,
-    worker_step
+    worker_step,
+    snapshot
 );
 criterion_main!(benches);
