@@ -408,7 +408,7 @@ fn snapshot(c: &mut Criterion) {
                 kind: 2,
                 end_ns: t + i as u64,
                 duration_ns: dur,
-                is_error: (i as u64 + round) % 97 == 0,
+                is_error: (i as u64 + round).is_multiple_of(97),
                 trace_id: &[7u8; 16],
             };
             black_box(det.span(&obs, &mut events));
