@@ -34,15 +34,22 @@ pub struct Declined;
 /// declines (prost's own limit is 100 messages deep).
 const MAX_VALUE_DEPTH: u32 = 16;
 
-#[inline]
+#[inline(always)]
 fn varint(buf: &mut &[u8]) -> Result<u64, Declined> {
-    // Most varints on this path (tags, lengths) are one byte.
+    // Most varints on this path (tags, lengths) are one byte: that case is
+    // inlined at every call site, the rest is an out-of-line call.
     if let Some((&b, rest)) = buf.split_first() {
         if b < 0x80 {
             *buf = rest;
             return Ok(u64::from(b));
         }
     }
+    varint_long(buf)
+}
+
+#[cold]
+#[inline(never)]
+fn varint_long(buf: &mut &[u8]) -> Result<u64, Declined> {
     let mut v = 0u64;
     for i in 0..10 {
         let (&b, rest) = buf.split_first().ok_or(Declined)?;
