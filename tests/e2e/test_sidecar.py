@@ -210,3 +210,35 @@ def test_plain_indices_on_a_server_without_data_streams(opensearch, sidecar_fact
     assert HttpSpanExporter(endpoint=sc.http_base + "/v1/traces").export(spans) == SpanExportResult.SUCCESS
     wait_until(lambda: es_count(opensearch.url, "traces-otel-legacy") == 50, what="50 spans in the plain index")
     sc.stop()
+
+
+def test_spans_are_scored_while_their_fsync_runs(es, sidecar_factory):
+    """With the write-ahead queue on, a request's answer waits for its fsync,
+    but its scoring and export do not: the fsync is not part of the added
+    latency. A 1-second `wal.sync: interval` (the longest allowed) makes the
+    wait long enough to see the documents stored before the answer comes."""
+    cfg = es_config(es.url, "fsyncprobe")
+    cfg["wal"] = {"sync": "interval", "sync_interval": "1s"}
+    sc = sidecar_factory(cfg)
+    spans = make_spans(20, services=("fsync-probe",))
+    exp = HttpSpanExporter(endpoint=sc.http_base + "/v1/traces", timeout=30)
+    answer = {}
+
+    def send():
+        answer["result"] = exp.export(spans)
+        answer["at"] = time.monotonic()
+
+    sent_at = time.monotonic()
+    t = threading.Thread(target=send)
+    t.start()
+    wait_until(lambda: es_count(es.url, "traces-otel-fsyncprobe") == 20, timeout=20,
+               what="20 spans in traces-otel-fsyncprobe")
+    stored_at = time.monotonic()
+    t.join(30)
+    assert answer.get("result") == SpanExportResult.SUCCESS
+    # The answer waited for the interval's fsync ...
+    assert answer["at"] - sent_at >= 0.9, f"answered after {answer['at'] - sent_at:.2f} s, before the fsync"
+    # ... and the documents were stored before it.
+    assert stored_at < answer["at"], (
+        f"stored {stored_at - sent_at:.2f} s after sending, answered at {answer['at'] - sent_at:.2f} s")
+    exp.shutdown()

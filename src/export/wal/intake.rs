@@ -1,6 +1,7 @@
 //! Between the receivers and the work queue when the WAL is on.
 //!
-//! A request is written to the WAL and made durable, then acknowledged. If
+//! A request is written to the WAL and handed on at once; it is acknowledged
+//! once its fsync is done (scoring does not wait for the disk). If
 //! nothing is waiting on disk and the pipeline has room, the decoded request
 //! goes straight to the workers (the fast path: no read-back). Otherwise only
 //! its position is kept ("spilled"), and the feeder reads it back from disk
@@ -68,7 +69,7 @@ impl Intake {
         self.queue().len()
     }
 
-    /// Writes the request durably, then hands it on (see the module doc).
+    /// Writes the request, hands it on, and returns once it is durable (see the module doc).
     pub async fn accept(
         &self,
         pipeline: &Pipeline,
@@ -117,9 +118,29 @@ impl Intake {
         record: Vec<u8>,
         wire: Option<bytes::Bytes>,
     ) -> Result<(), Refusal> {
-        let appended = self.wal.append(&record).await.map_err(|e| refusal(&e))?;
+        let (lsn, appended) = self.wal.write_record(&record).map_err(|e| refusal(&e))?;
         drop(record);
+        // Scoring starts now, while the fsync runs: the answer still waits
+        // for it (nothing acknowledged is lost), but the records' added
+        // latency does not. If the fsync fails, the request is refused and
+        // its sender retries; the documents may then be written twice, which
+        // the deterministic `_id` and `create` turn into one.
+        self.hand_on(pipeline, payload, records, appended, wire);
+        self.wal.durable(lsn).await.map_err(|e| refusal(&e))?;
         pipeline.count_received(signal, records);
+        Ok(())
+    }
+
+    /// Queues a written request for the workers, or spills it (only its
+    /// position is kept) when requests wait on disk or the queue is full.
+    fn hand_on(
+        &self,
+        pipeline: &Pipeline,
+        payload: Payload,
+        records: usize,
+        appended: super::Appended,
+        wire: Option<bytes::Bytes>,
+    ) {
         let mut queue = self.queue();
         if queue.is_empty() {
             let work = Work {
@@ -128,7 +149,7 @@ impl Intake {
                 wire,
             };
             if pipeline.try_enqueue(work, records).is_ok() {
-                return Ok(());
+                return;
             }
         }
         queue.push_back(Spilled {
@@ -139,7 +160,6 @@ impl Intake {
         self.wal.metrics().spilled.set(queue.len() as i64);
         drop(queue);
         self.more.notify_one();
-        Ok(())
     }
 
     /// Feeds spilled requests to the pipeline, oldest first, as it has room,

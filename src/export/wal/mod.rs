@@ -612,13 +612,28 @@ impl Wal {
     /// Appends one record and returns once it is durable under the sync policy.
     pub async fn append(&self, record: &[u8]) -> Result<Appended, WalError> {
         let (lsn, appended) = self.write(record)?;
+        if let Err(e) = self.durable(lsn).await {
+            appended.delivery.expect(0);
+            return Err(e);
+        }
+        Ok(appended)
+    }
+
+    /// Writes one record (into the page cache, not yet durable); returns its
+    /// sequence number for [`Wal::durable`] and where it is.
+    pub fn write_record(&self, record: &[u8]) -> Result<(u64, Appended), WalError> {
+        self.write(record)
+    }
+
+    /// Returns once the record `lsn` of [`Wal::write_record`] is on disk
+    /// under the sync policy, or the error of the fsync that covered it.
+    pub async fn durable(&self, lsn: u64) -> Result<(), WalError> {
         let mut rx = self.synced.subscribe();
         loop {
             if *rx.borrow_and_update() >= lsn {
                 break;
             }
             if rx.changed().await.is_err() {
-                appended.delivery.expect(0);
                 return Err(WalError::Closed);
             }
         }
@@ -629,14 +644,13 @@ impl Wal {
             .any(|&(lo, hi)| lsn > lo && lsn <= hi);
         if failed {
             // Not acknowledged; if it survives anyway, a replay stores it once.
-            appended.delivery.expect(0);
             return Err(WalError::Io {
                 dir: self.dir.clone(),
                 op: "fsync",
                 source: std::io::Error::other("fsync of the segment failed"),
             });
         }
-        Ok(appended)
+        Ok(())
     }
 
     /// Reads back the request at `pos`.
