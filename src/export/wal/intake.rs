@@ -24,6 +24,8 @@ struct Spilled {
     position: Position,
     records: u32,
     delivery: Delivery,
+    /// The record's number in this run's WAL (0 for a request replayed at start).
+    lsn: u64,
 }
 
 /// The WAL intake shared by the receivers and the feeder.
@@ -43,6 +45,7 @@ impl Intake {
                 position: r.position,
                 records: r.records,
                 delivery: r.delivery,
+                lsn: 0,
             })
             .collect();
         wal.metrics().spilled.set(spilled.len() as i64);
@@ -118,14 +121,14 @@ impl Intake {
         record: Vec<u8>,
         wire: Option<bytes::Bytes>,
     ) -> Result<(), Refusal> {
-        let (lsn, appended) = self.wal.write_record(&record).map_err(|e| refusal(&e))?;
+        let (lsn, appended) = self.wal.write(&record).map_err(|e| refusal(&e))?;
         drop(record);
         // Scoring starts now, while the fsync runs: the answer still waits
         // for it (nothing acknowledged is lost), but the records' added
         // latency does not. If the fsync fails, the request is refused and
         // its sender retries; the documents may then be written twice, which
         // the deterministic `_id` and `create` turn into one.
-        self.hand_on(pipeline, payload, records, appended, wire);
+        self.hand_on(pipeline, payload, records, (lsn, appended), wire);
         self.wal.durable(lsn).await.map_err(|e| refusal(&e))?;
         pipeline.count_received(signal, records);
         Ok(())
@@ -138,7 +141,7 @@ impl Intake {
         pipeline: &Pipeline,
         payload: Payload,
         records: usize,
-        appended: super::Appended,
+        (lsn, appended): (u64, super::Appended),
         wire: Option<bytes::Bytes>,
     ) {
         let mut queue = self.queue();
@@ -156,6 +159,7 @@ impl Intake {
             position: appended.position,
             records: records as u32,
             delivery: appended.delivery,
+            lsn,
         });
         self.wal.metrics().spilled.set(queue.len() as i64);
         drop(queue);
@@ -177,19 +181,24 @@ impl Intake {
                 n = pipeline.admission().admit(item.records as usize) => n,
                 _ = stop.cancelled() => return,
             };
-            let wal = self.wal.clone();
-            let pos = item.position;
-            let read = tokio::task::spawn_blocking(move || wal.read_back(pos)).await;
-            let payload = match read {
-                Ok(Ok(back)) => Some((back.payload, back.wire)),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "a request in the write-ahead queue cannot be read back; skipped");
-                    self.wal.metrics().corrupt_records.inc();
-                    None
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the write-ahead queue failed");
-                    None
+            let payload = if self.wal.failed(item.lsn) {
+                // Its fsync failed, so the request was refused and its sender
+                // retries: not delivered from here, and not a corrupt record.
+                None
+            } else {
+                let wal = self.wal.clone();
+                let pos = item.position;
+                match tokio::task::spawn_blocking(move || wal.read_back(pos)).await {
+                    Ok(Ok(back)) => Some((back.payload, back.wire)),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "a request in the write-ahead queue cannot be read back; skipped");
+                        self.wal.metrics().corrupt_records.inc();
+                        None
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the write-ahead queue failed");
+                        None
+                    }
                 }
             };
             match payload {

@@ -175,7 +175,7 @@ pub struct Position {
     pub len: u32,
 }
 
-/// A request written and made durable.
+/// A request written to the WAL (durable once [`Wal::durable`] says so).
 #[derive(Debug)]
 pub struct Appended {
     pub position: Position,
@@ -550,7 +550,9 @@ impl Wal {
 
     /// Writes one record (from [`encode_payload`]) to the active segment
     /// without waiting for it to be durable; returns its LSN.
-    fn write(&self, record: &[u8]) -> Result<(u64, Appended), WalError> {
+    /// Writes one record (into the page cache, not yet durable); returns its
+    /// sequence number for [`Wal::durable`] and where it is.
+    pub fn write(&self, record: &[u8]) -> Result<(u64, Appended), WalError> {
         let n = record.len() as u64;
         let mut st = self.lock();
         if st.closed {
@@ -619,12 +621,6 @@ impl Wal {
         Ok(appended)
     }
 
-    /// Writes one record (into the page cache, not yet durable); returns its
-    /// sequence number for [`Wal::durable`] and where it is.
-    pub fn write_record(&self, record: &[u8]) -> Result<(u64, Appended), WalError> {
-        self.write(record)
-    }
-
     /// Returns once the record `lsn` of [`Wal::write_record`] is on disk
     /// under the sync policy, or the error of the fsync that covered it.
     pub async fn durable(&self, lsn: u64) -> Result<(), WalError> {
@@ -637,12 +633,7 @@ impl Wal {
                 return Err(WalError::Closed);
             }
         }
-        let failed = self
-            .lock()
-            .failed
-            .iter()
-            .any(|&(lo, hi)| lsn > lo && lsn <= hi);
-        if failed {
+        if self.failed(lsn) {
             // Not acknowledged; if it survives anyway, a replay stores it once.
             return Err(WalError::Io {
                 dir: self.dir.clone(),
@@ -651,6 +642,15 @@ impl Wal {
             });
         }
         Ok(())
+    }
+
+    /// Whether the fsync that covered record `lsn` failed (the request was
+    /// refused). 0, the number of a request replayed at start, never is.
+    pub fn failed(&self, lsn: u64) -> bool {
+        self.lock()
+            .failed
+            .iter()
+            .any(|&(lo, hi)| lsn > lo && lsn <= hi)
     }
 
     /// Reads back the request at `pos`.
@@ -756,9 +756,15 @@ impl Wal {
             }
             self.metrics.fsyncs.inc();
             let mut st = self.lock();
+            let mut lsn = lsn;
             if let Err(e) = result {
                 tracing::error!(dir = %self.dir.display(), error = %e, "fsync of the write-ahead queue failed; refusing the requests it covered");
                 self.metrics.write_errors.inc();
+                // The failed fsync covered every dirty page of the file,
+                // records written after `lsn` too, and Linux reports it only
+                // once (the next fsync of the file would succeed): refuse
+                // everything written so far, not only what this fsync was for.
+                lsn = st.written_lsn;
                 st.failed.push((from, lsn));
                 if st.failed.len() > FAILED_KEPT {
                     st.failed.remove(0);
