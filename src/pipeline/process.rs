@@ -415,6 +415,14 @@ impl Processor {
             Payload::Metrics(req) => self.metric_points(req, adds.as_deref_mut()),
             Payload::Logs(req) => self.logs(req, adds.as_deref_mut()),
             Payload::TracesWire(w) => self.traces_wire(w, adds.as_deref_mut()),
+            Payload::MetricsWire(w) => match w.decode() {
+                Ok(req) => self.metric_points(req, adds.as_deref_mut()),
+                Err(e) => {
+                    // `check_metrics` accepted it, so prost cannot refuse it (fuzzed).
+                    tracing::error!(error = %e, points = w.points, "a checked metrics request did not decode; its points are not scored");
+                    Vec::new()
+                }
+            },
         };
         let scored = match self.documents() {
             true => docs.len(),
@@ -912,6 +920,7 @@ fn records_of(payload: &Payload) -> usize {
             .map(|s| s.spans.len())
             .sum(),
         Payload::TracesWire(w) => w.spans,
+        Payload::MetricsWire(w) => w.points,
         Payload::Metrics(r) => metric_points(r),
         Payload::Logs(r) => r
             .resource_logs
@@ -928,6 +937,7 @@ fn encode_payload(payload: &Payload) -> Vec<u8> {
         Payload::Metrics(r) => r.encode_to_vec(),
         Payload::Logs(r) => r.encode_to_vec(),
         Payload::TracesWire(w) => w.bytes.to_vec(),
+        Payload::MetricsWire(w) => w.bytes.to_vec(),
     }
 }
 
@@ -955,6 +965,24 @@ fn base_wire(work: &Work) -> bytes::Bytes {
 /// Scores one request and hands it to every configured output.
 fn score_and_route(work: Work, outputs: &WorkerOutputs, processor: &Processor) -> Result<(), ()> {
     use crate::export::completion::{Outputs, Ticket};
+    // A metrics request waited as its bytes; decoded here, on the thread
+    // that scores it and frees it.
+    let work = match work.payload {
+        Payload::MetricsWire(w) => match w.decode() {
+            Ok(req) => Work {
+                payload: Payload::Metrics(req),
+                ..work
+            },
+            Err(e) => {
+                // Unreachable: `check_metrics` accepts only what prost decodes (fuzzed).
+                // Its permits go back; its write-ahead record stays for the next start.
+                tracing::error!(error = %e, points = w.points, "a checked metrics request did not decode; not scored");
+                outputs.admission.release(w.points);
+                return Ok(());
+            }
+        },
+        _ => work,
+    };
     let signal = work.payload.signal();
     let otlp = outputs.otlp_for(signal);
     let wire = otlp.map(|_| base_wire(&work));
