@@ -348,9 +348,9 @@ def fmt_ms(v):
 
 def scenarios(args):
     out = []
-    sig_proto = [("traces", "grpc"), ("traces", "http-protobuf")]
+    sig_proto = [("traces", "grpc"), ("traces", "http-protobuf"), ("metrics", "grpc")]
     if not args.smoke:
-        sig_proto += [("metrics", "grpc"), ("metrics", "http-protobuf")]
+        sig_proto += [("metrics", "http-protobuf")]
     for signal_, proto in sig_proto:
         tag = f"{signal_}/{proto}"
         out.append({"name": f"sidecar gzip {tag}", "kind": "sidecar", "protocol": proto, "signal": signal_,

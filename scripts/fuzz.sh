@@ -19,7 +19,7 @@ secs="${1:-5}"
 shift || true
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-  targets=(otlp_protobuf otlp_json gzip config push_api snapshot wal_segment wire_traces)
+  targets=(otlp_protobuf otlp_json gzip config push_api snapshot wal_segment wire_traces wire_metrics)
 fi
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

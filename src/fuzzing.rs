@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
@@ -32,6 +33,7 @@ pub const TARGETS: &[&str] = &[
     "snapshot",
     "wal_segment",
     "wire_traces",
+    "wire_metrics",
 ];
 
 /// Runs target `name` on `data`; `false` if there is no such target.
@@ -45,6 +47,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "snapshot" => snapshot(data),
         "wal_segment" => wal_segment(data),
         "wire_traces" => wire_traces(data),
+        "wire_metrics" => wire_metrics(data),
         _ => return false,
     }
     true
@@ -79,6 +82,7 @@ fn copy(p: &Payload) -> Payload {
         Payload::Metrics(r) => Payload::Metrics(r.clone()),
         Payload::Logs(r) => Payload::Logs(r.clone()),
         Payload::TracesWire(w) => Payload::TracesWire(w.clone()),
+        Payload::MetricsWire(w) => Payload::MetricsWire(w.clone()),
     }
 }
 
@@ -163,6 +167,41 @@ pub fn wire_traces(data: &[u8]) {
                 String::from_utf8_lossy(&x.source),
                 String::from_utf8_lossy(&y.source)
             );
+        }
+    }
+}
+
+/// The metrics check (`receiver::wire_metrics`) against prost: a request
+/// the check accepts must decode with prost, lose no point to validation,
+/// hold the points the check counted, and give the same documents queued
+/// as bytes as queued decoded (scored twice, the second time against the
+/// state the first built).
+pub fn wire_metrics(data: &[u8]) {
+    let Ok(points) = crate::receiver::wire_metrics::check_metrics(data) else {
+        return;
+    };
+    let mut req = match ExportMetricsServiceRequest::decode(data) {
+        Ok(r) => r,
+        Err(e) => panic!("the metrics check accepted a request prost refuses: {e}"),
+    };
+    let checked = validate::metrics(&mut req);
+    assert_eq!(
+        (checked.accepted, checked.rejected),
+        (points, 0),
+        "the metrics check and validation disagree on the points"
+    );
+    let wire = crate::pipeline::WireMetrics {
+        bytes: bytes::Bytes::copy_from_slice(data),
+        points,
+    };
+    let (by_prost, by_wire) = (processor("fuzz"), processor("fuzz"));
+    for _ in 0..2 {
+        let a = by_prost.process(Payload::Metrics(req.clone()));
+        let b = by_wire.process(Payload::MetricsWire(wire.clone()));
+        assert_eq!(a.len(), b.len(), "document count");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.id, y.id);
+            assert!(x.source == y.source, "documents differ");
         }
     }
 }

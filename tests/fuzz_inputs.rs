@@ -288,6 +288,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     segment.extend(&torn[..torn.len() / 2]);
     out.push(("wal_segment", segment));
     out.push(("wire_traces", traces().encode_to_vec()));
+    out.push(("wire_metrics", metrics().encode_to_vec()));
     out
 }
 

@@ -109,21 +109,30 @@ pub enum Explanation {
     NotScored(&'static str),
 }
 
-/// Appends `v` with `decimals` (0 or 1) digits after the point: the text of
-/// `format!("{v:.0}")` or `format!("{v:.1}")`. Written for every span, so
-/// the common case skips `core::fmt`'s exact float formatting: below 1e9
-/// the scaled value is within 2e-7 of the exact one, so unless it is that
-/// close to a tie (which `fmt` rounds half to even) rounding it gives the
-/// same digits; ties, negatives and large values go through `fmt`.
+/// Appends `v` with `decimals` (0 to 3) digits after the point: the text of
+/// `format!("{v:.N}")`. Written for every span and metric point, so the
+/// common case skips `core::fmt`'s exact float formatting: below 1e9 the
+/// scaled value is within 2e-7 of the exact one, so unless it is that close
+/// to a tie (which `fmt` rounds half to even) rounding it gives the same
+/// digits; a negative value is its magnitude after a `-` (as `fmt` writes
+/// it); ties, zeros with a sign, non-finite and large values go through `fmt`.
 fn write_fixed(out: &mut String, v: f64, decimals: u32) {
-    let scaled = if decimals == 0 { v } else { v * 10.0 };
-    if v.is_sign_positive() && scaled < 1e9 && ((scaled - scaled.floor()) - 0.5).abs() > 1e-6 {
+    const SCALE: [f64; 4] = [1.0, 10.0, 100.0, 1000.0];
+    const DIV: [u64; 4] = [1, 10, 100, 1000];
+    let d = decimals as usize;
+    let negative = v < 0.0;
+    let mag = if negative { -v } else { v };
+    let scaled = if d == 0 { mag } else { mag * SCALE[d.min(3)] };
+    if d <= 3
+        && mag.is_sign_positive()
+        && scaled < 1e9
+        && ((scaled - scaled.floor()) - 0.5).abs() > 1e-6
+    {
+        if negative {
+            out.push('-');
+        }
         let n = scaled.round() as u64;
-        let (int, frac) = if decimals == 0 {
-            (n, None)
-        } else {
-            (n / 10, Some(n % 10))
-        };
+        let (int, frac) = (n / DIV[d], n % DIV[d]);
         let mut digits = [0u8; 20];
         let mut i = digits.len();
         let mut rest = int;
@@ -135,19 +144,24 @@ fn write_fixed(out: &mut String, v: f64, decimals: u32) {
                 break;
             }
         }
-        for &d in &digits[i..] {
-            out.push(d as char);
+        for &c in &digits[i..] {
+            out.push(c as char);
         }
-        if let Some(f) = frac {
+        if d > 0 {
             out.push('.');
-            out.push((b'0' + f as u8) as char);
+            let mut div = DIV[d] / 10;
+            while div > 0 {
+                out.push((b'0' + (frac / div % 10) as u8) as char);
+                div /= 10;
+            }
         }
         return;
     }
-    let _ = if decimals == 0 {
-        write!(out, "{v:.0}")
-    } else {
-        write!(out, "{v:.1}")
+    let _ = match decimals {
+        0 => write!(out, "{v:.0}"),
+        1 => write!(out, "{v:.1}"),
+        2 => write!(out, "{v:.2}"),
+        _ => write!(out, "{v:.3}"),
     };
 }
 
@@ -169,13 +183,13 @@ fn fmt_ms(out: &mut String, ms: f64) {
 
 fn fmt_num(out: &mut String, v: f64) {
     let a = v.abs();
-    let _ = if a != 0.0 && !(1e-3..1e9).contains(&a) {
-        write!(out, "{v:.3e}")
+    if a != 0.0 && !(1e-3..1e9).contains(&a) {
+        let _ = write!(out, "{v:.3e}");
     } else if a >= 100.0 || v.fract() == 0.0 {
-        write!(out, "{v:.0}")
+        write_fixed(out, v, 0);
     } else {
-        write!(out, "{v:.3}")
-    };
+        write_fixed(out, v, 3);
+    }
 }
 
 impl Explanation {
@@ -245,14 +259,27 @@ impl Explanation {
                 spread,
                 what,
             } => {
-                let _ = write!(out, "{subject} {what} ");
+                out.push_str(subject);
+                out.push(' ');
+                out.push_str(what);
+                out.push(' ');
                 fmt_num(out, *observed);
                 out.push_str(" vs baseline ");
                 fmt_num(out, *baseline);
                 out.push_str(" ± ");
                 fmt_num(out, *spread);
                 if *spread > 0.0 {
-                    let _ = write!(out, " ({:+.1}σ)", (observed - baseline) / spread);
+                    let sigmas = (observed - baseline) / spread;
+                    out.push_str(" (");
+                    if sigmas.is_finite() && sigmas.is_sign_positive() {
+                        out.push('+');
+                        write_fixed(out, sigmas, 1);
+                    } else if sigmas.is_finite() {
+                        write_fixed(out, sigmas, 1);
+                    } else {
+                        let _ = write!(out, "{sigmas:+.1}");
+                    }
+                    out.push_str("σ)");
                 }
             }
             Explanation::NotScored(why) => {
@@ -331,13 +358,53 @@ mod tests {
                 (0u64..200_000).prop_map(|k| k as f64 / 20.0),
                 (0u64..200_000).prop_map(|k| k as f64 / 2.0),
                 (0u64..200_000).prop_map(|k| k as f64 * 0.05),
+                // Ties and near-ties at three decimals, and negatives.
+                (0u64..2_000_000).prop_map(|k| k as f64 / 2000.0),
+                (0u64..2_000_000).prop_map(|k| k as f64 * 0.0005),
+                -1e4f64..0.0,
+                (0u64..200_000).prop_map(|k| -(k as f64) / 20.0),
+                (0u64..2_000_000).prop_map(|k| -(k as f64) / 2000.0),
             ],
-            decimals in 0u32..2,
+            decimals in 0u32..4,
         ) {
             let mut ours = String::new();
             write_fixed(&mut ours, v, decimals);
-            let expected = if decimals == 0 { format!("{v:.0}") } else { format!("{v:.1}") };
+            prop_assert_eq!(ours, fixed_by_fmt(v, decimals));
+        }
+
+        /// The metric explanation's numbers and σ, as `core::fmt` wrote them.
+        #[test]
+        fn metric_explanation_matches_fmt(
+            observed in prop_oneof![any::<f64>(), -1e4f64..1e4, (0i64..2_000_000).prop_map(|k| k as f64 / 2000.0 - 500.0)],
+            baseline in prop_oneof![any::<f64>(), -1e4f64..1e4, Just(0.0)],
+            spread in prop_oneof![any::<f64>(), 0.0f64..1e3, Just(0.0), Just(-0.0)],
+        ) {
+            let mut ours = String::new();
+            Explanation::Metric { observed, baseline, spread, what: "value" }.render("m", &mut ours);
+            let num = |v: f64| {
+                let a = v.abs();
+                if a != 0.0 && !(1e-3..1e9).contains(&a) {
+                    format!("{v:.3e}")
+                } else if a >= 100.0 || v.fract() == 0.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.3}")
+                }
+            };
+            let mut expected = format!("m value {} vs baseline {} ± {}", num(observed), num(baseline), num(spread));
+            if spread > 0.0 {
+                expected.push_str(&format!(" ({:+.1}σ)", (observed - baseline) / spread));
+            }
             prop_assert_eq!(ours, expected);
+        }
+    }
+
+    fn fixed_by_fmt(v: f64, decimals: u32) -> String {
+        match decimals {
+            0 => format!("{v:.0}"),
+            1 => format!("{v:.1}"),
+            2 => format!("{v:.2}"),
+            _ => format!("{v:.3}"),
         }
     }
 
@@ -358,15 +425,17 @@ mod tests {
             f64::NAN,
             f64::INFINITY,
             -3.25,
+            -0.0004,
+            0.0005,
+            0.0015,
+            1.0005,
+            -99.9995,
+            f64::NEG_INFINITY,
         ] {
-            for decimals in 0..2 {
+            for decimals in 0..4 {
                 let mut ours = String::new();
                 write_fixed(&mut ours, v, decimals);
-                let expected = if decimals == 0 {
-                    format!("{v:.0}")
-                } else {
-                    format!("{v:.1}")
-                };
+                let expected = fixed_by_fmt(v, decimals);
                 assert_eq!(ours, expected, "{v} with {decimals} decimals");
             }
         }

@@ -691,6 +691,23 @@ pub fn encode_point(
     ds: &DataStream,
     verdict: Option<&Verdict>,
 ) {
+    let mut attrs = Vec::with_capacity(128);
+    attributes(&mut attrs, p.attributes());
+    encode_point_with_attributes(out, m, p, &attrs, shared, ds, verdict);
+}
+
+/// [`encode_point`] with the point's `attributes` object already written
+/// (by [`attributes`]: the scoring worker writes it once for the series key
+/// and reuses it here).
+pub fn encode_point_with_attributes(
+    out: &mut Vec<u8>,
+    m: &Metric,
+    p: PointRef<'_>,
+    attributes_json: &[u8],
+    shared: &Shared<'_>,
+    ds: &DataStream,
+    verdict: Option<&Verdict>,
+) {
     let (start, time) = p.times();
     out.extend_from_slice(b"{\"@timestamp\":");
     json_time(out, time);
@@ -731,7 +748,7 @@ pub fn encode_point(
     point_value(out, p);
     out.push(b'}');
     out.extend_from_slice(b",\"attributes\":");
-    attributes(out, p.attributes());
+    out.extend_from_slice(attributes_json);
     if let PointRef::Number(np) = p {
         if !np.exemplars.is_empty() {
             out.extend_from_slice(b",\"exemplars\":[");

@@ -28,8 +28,8 @@ use crate::detect::span::SpanKeyState;
 use crate::detect::span::{SpanDetector, SpanObs, SpanParams};
 use crate::detect::{Verdict, ANOMALOUS_SCORE};
 use crate::export::document::{
-    attr_str, encode_log, encode_point, encode_resource, encode_scope, encode_span, hex,
-    hex_concat, span_is_error, DataStream, PointRef, Shared,
+    attr_str, encode_log, encode_point_with_attributes, encode_resource, encode_scope, encode_span,
+    hex, hex_concat, span_is_error, DataStream, PointRef, Shared,
 };
 use crate::export::{Doc, DocBatch};
 use crate::telemetry::{EventLabels, Metrics, Signal, SignalLabels};
@@ -415,6 +415,14 @@ impl Processor {
             Payload::Metrics(req) => self.metric_points(req, adds.as_deref_mut()),
             Payload::Logs(req) => self.logs(req, adds.as_deref_mut()),
             Payload::TracesWire(w) => self.traces_wire(w, adds.as_deref_mut()),
+            Payload::MetricsWire(w) => match w.decode() {
+                Ok(req) => self.metric_points(req, adds.as_deref_mut()),
+                Err(e) => {
+                    // `check_metrics` accepted it, so prost cannot refuse it (fuzzed).
+                    tracing::error!(error = %e, points = w.points, "a checked metrics request did not decode; its points are not scored");
+                    Vec::new()
+                }
+            },
         };
         let scored = match self.documents() {
             true => docs.len(),
@@ -612,6 +620,8 @@ impl Processor {
         let mut docs = DocBatch::with_capacity(0, DOC_BYTES);
         let mut attrs_json = Vec::with_capacity(128);
         let mut derived = Vec::new();
+        // One list of a metric's points for the whole request (most metrics hold one point).
+        let mut points: Vec<(PointRef<'_>, PointValue)> = Vec::new();
         for rm in &req.resource_metrics {
             let (service, res_json) = resource_parts(rm.resource.as_ref(), &rm.schema_url);
             for sm in &rm.scope_metrics {
@@ -621,16 +631,15 @@ impl Processor {
                     scope: &scope_json,
                 };
                 for m in &sm.metrics {
-                    let points: Vec<(PointRef<'_>, PointValue)> = match &m.data {
-                        Some(metric::Data::Gauge(g)) => g
-                            .data_points
-                            .iter()
-                            .map(|p| (PointRef::Number(p), PointValue::Gauge(number(p.value))))
-                            .collect(),
-                        Some(metric::Data::Sum(s)) => s
-                            .data_points
-                            .iter()
-                            .map(|p| {
+                    points.clear();
+                    match &m.data {
+                        Some(metric::Data::Gauge(g)) => points.extend(
+                            g.data_points
+                                .iter()
+                                .map(|p| (PointRef::Number(p), PointValue::Gauge(number(p.value)))),
+                        ),
+                        Some(metric::Data::Sum(s)) => {
+                            points.extend(s.data_points.iter().map(|p| {
                                 let v = number(p.value);
                                 let pv = if s.aggregation_temporality == 2 {
                                     PointValue::CumulativeSum {
@@ -641,12 +650,10 @@ impl Processor {
                                     PointValue::DeltaSum(v)
                                 };
                                 (PointRef::Number(p), pv)
-                            })
-                            .collect(),
-                        Some(metric::Data::Histogram(h)) => h
-                            .data_points
-                            .iter()
-                            .map(|p| {
+                            }))
+                        }
+                        Some(metric::Data::Histogram(h)) => {
+                            points.extend(h.data_points.iter().map(|p| {
                                 let pv = histogram_value(
                                     p.count,
                                     p.sum,
@@ -654,12 +661,10 @@ impl Processor {
                                     p.start_time_unix_nano,
                                 );
                                 (PointRef::Histogram(p), pv)
-                            })
-                            .collect(),
-                        Some(metric::Data::ExponentialHistogram(h)) => h
-                            .data_points
-                            .iter()
-                            .map(|p| {
+                            }))
+                        }
+                        Some(metric::Data::ExponentialHistogram(h)) => {
+                            points.extend(h.data_points.iter().map(|p| {
                                 let pv = histogram_value(
                                     p.count,
                                     p.sum,
@@ -667,12 +672,10 @@ impl Processor {
                                     p.start_time_unix_nano,
                                 );
                                 (PointRef::ExpHistogram(p), pv)
-                            })
-                            .collect(),
-                        Some(metric::Data::Summary(s)) => s
-                            .data_points
-                            .iter()
-                            .map(|p| {
+                            }))
+                        }
+                        Some(metric::Data::Summary(s)) => {
+                            points.extend(s.data_points.iter().map(|p| {
                                 // Summaries are cumulative by definition.
                                 let pv = histogram_value(
                                     p.count,
@@ -681,11 +684,11 @@ impl Processor {
                                     p.start_time_unix_nano,
                                 );
                                 (PointRef::Summary(p), pv)
-                            })
-                            .collect(),
-                        None => Vec::new(),
-                    };
-                    for (p, pv) in points {
+                            }))
+                        }
+                        None => {}
+                    }
+                    for &(p, pv) in &points {
                         attrs_json.clear();
                         crate::export::document::attributes(&mut attrs_json, p.attributes());
                         let series = key_hash(&[&res_json, m.name.as_bytes(), &attrs_json]);
@@ -724,7 +727,15 @@ impl Processor {
                             &time.to_le_bytes(),
                         ]);
                         docs.push(Signal::metrics, id, |out| {
-                            encode_point(out, m, p, &shared, &self.data_stream, verdict.as_ref())
+                            encode_point_with_attributes(
+                                out,
+                                m,
+                                p,
+                                &attrs_json,
+                                &shared,
+                                &self.data_stream,
+                                verdict.as_ref(),
+                            )
                         });
                     }
                 }
@@ -912,6 +923,7 @@ fn records_of(payload: &Payload) -> usize {
             .map(|s| s.spans.len())
             .sum(),
         Payload::TracesWire(w) => w.spans,
+        Payload::MetricsWire(w) => w.points,
         Payload::Metrics(r) => metric_points(r),
         Payload::Logs(r) => r
             .resource_logs
@@ -928,6 +940,7 @@ fn encode_payload(payload: &Payload) -> Vec<u8> {
         Payload::Metrics(r) => r.encode_to_vec(),
         Payload::Logs(r) => r.encode_to_vec(),
         Payload::TracesWire(w) => w.bytes.to_vec(),
+        Payload::MetricsWire(w) => w.bytes.to_vec(),
     }
 }
 
@@ -955,6 +968,24 @@ fn base_wire(work: &Work) -> bytes::Bytes {
 /// Scores one request and hands it to every configured output.
 fn score_and_route(work: Work, outputs: &WorkerOutputs, processor: &Processor) -> Result<(), ()> {
     use crate::export::completion::{Outputs, Ticket};
+    // A metrics request waited as its bytes; decoded here, on the thread
+    // that scores it and frees it.
+    let work = match work.payload {
+        Payload::MetricsWire(w) => match w.decode() {
+            Ok(req) => Work {
+                payload: Payload::Metrics(req),
+                ..work
+            },
+            Err(e) => {
+                // Unreachable: `check_metrics` accepts only what prost decodes (fuzzed).
+                // Its permits go back; its write-ahead record stays for the next start.
+                tracing::error!(error = %e, points = w.points, "a checked metrics request did not decode; not scored");
+                outputs.admission.release(w.points);
+                return Ok(());
+            }
+        },
+        _ => work,
+    };
     let signal = work.payload.signal();
     let otlp = outputs.otlp_for(signal);
     let wire = otlp.map(|_| base_wire(&work));

@@ -29,7 +29,7 @@ use super::auth::ReceiverAuth;
 use super::decode::{decode, decompress, format_of, DecodeError, Format};
 use super::{partial, RETRY_AFTER};
 use crate::pipeline::validate::{self, Checked};
-use crate::pipeline::{Payload, Pipeline, Refusal, WireTraces};
+use crate::pipeline::{Payload, Pipeline, Refusal, WireMetrics, WireTraces};
 use crate::telemetry::{Metrics, RejectLabels, RejectReason, Signal};
 
 /// Bodies larger than this are decoded on a blocking thread.
@@ -145,8 +145,8 @@ pub trait Otlp: Message + Default + serde::de::DeserializeOwned + Send + 'static
     fn into_payload(self) -> Payload;
     fn response(partial: Option<(i64, String)>) -> Self::Response;
     /// The request as a payload read from its protobuf bytes without prost,
-    /// with its records, when the wire reader takes it (see `receiver::wire`;
-    /// traces only).
+    /// with its records, when the wire reader takes it (see `receiver::wire`
+    /// for traces, `receiver::wire_metrics` for metrics).
     fn read_wire(_wire: &bytes::Bytes) -> Option<(Payload, usize)> {
         None
     }
@@ -189,6 +189,14 @@ impl Otlp for ExportMetricsServiceRequest {
     }
     fn into_payload(self) -> Payload {
         Payload::Metrics(self)
+    }
+    fn read_wire(wire: &bytes::Bytes) -> Option<(Payload, usize)> {
+        let points = super::wire_metrics::check_metrics(wire).ok()?;
+        let payload = Payload::MetricsWire(WireMetrics {
+            bytes: wire.clone(),
+            points,
+        });
+        Some((payload, points))
     }
     fn response(partial: Option<(i64, String)>) -> Self::Response {
         ExportMetricsServiceResponse {

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod grpc_raw;
 pub mod http;
 pub mod wire;
+pub mod wire_metrics;
 
 use std::time::Duration;
 

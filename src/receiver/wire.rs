@@ -35,7 +35,7 @@ pub struct Declined;
 const MAX_VALUE_DEPTH: u32 = 16;
 
 #[inline(always)]
-fn varint(buf: &mut &[u8]) -> Result<u64, Declined> {
+pub(crate) fn varint(buf: &mut &[u8]) -> Result<u64, Declined> {
     // Most varints on this path (tags, lengths) are one byte: that case is
     // inlined at every call site, the rest is an out-of-line call.
     if let Some((&b, rest)) = buf.split_first() {
@@ -142,7 +142,7 @@ fn checked_fields(msg: &[u8]) -> impl Iterator<Item = (u32, Value<'_>)> {
     fields(msg).map_while(Result::ok)
 }
 
-fn utf8(b: &[u8]) -> Result<(), Declined> {
+pub(crate) fn utf8(b: &[u8]) -> Result<(), Declined> {
     // ASCII (most names and values) is checked a word at a time.
     if b.is_ascii() || std::str::from_utf8(b).is_ok() {
         return Ok(());
@@ -150,35 +150,35 @@ fn utf8(b: &[u8]) -> Result<(), Declined> {
     Err(Declined)
 }
 
-fn is_varint(v: Value<'_>) -> Result<(), Declined> {
+pub(crate) fn is_varint(v: Value<'_>) -> Result<(), Declined> {
     match v {
         Value::Varint(_) => Ok(()),
         _ => Err(Declined),
     }
 }
 
-fn is_fixed64(v: Value<'_>) -> Result<(), Declined> {
+pub(crate) fn is_fixed64(v: Value<'_>) -> Result<(), Declined> {
     match v {
         Value::Fixed64(_) => Ok(()),
         _ => Err(Declined),
     }
 }
 
-fn is_fixed32(v: Value<'_>) -> Result<(), Declined> {
+pub(crate) fn is_fixed32(v: Value<'_>) -> Result<(), Declined> {
     match v {
         Value::Fixed32(_) => Ok(()),
         _ => Err(Declined),
     }
 }
 
-fn len(v: Value<'_>) -> Result<&[u8], Declined> {
+pub(crate) fn len(v: Value<'_>) -> Result<&[u8], Declined> {
     match v {
         Value::Len(b) => Ok(b),
         _ => Err(Declined),
     }
 }
 
-fn string(v: Value<'_>) -> Result<(), Declined> {
+pub(crate) fn string(v: Value<'_>) -> Result<(), Declined> {
     utf8(len(v)?)
 }
 
@@ -219,7 +219,7 @@ fn check_resource_spans(m: &[u8], spans: &mut usize) -> Result<(), Declined> {
     Ok(())
 }
 
-fn check_resource(m: &[u8]) -> Result<(), Declined> {
+pub(crate) fn check_resource(m: &[u8]) -> Result<(), Declined> {
     for f in fields(m) {
         match f? {
             (1, v) => check_kv(len(v)?, 0)?,
@@ -253,7 +253,7 @@ fn check_scope_spans(m: &[u8], spans: &mut usize) -> Result<(), Declined> {
     Ok(())
 }
 
-fn check_scope(m: &[u8]) -> Result<(), Declined> {
+pub(crate) fn check_scope(m: &[u8]) -> Result<(), Declined> {
     for f in fields(m) {
         match f? {
             (1 | 2, v) => {
@@ -350,7 +350,7 @@ fn check_status(m: &[u8]) -> Result<(), Declined> {
     Ok(())
 }
 
-fn check_kv(m: &[u8], depth: u32) -> Result<(), Declined> {
+pub(crate) fn check_kv(m: &[u8], depth: u32) -> Result<(), Declined> {
     let mut value = false;
     for f in fields(m) {
         match f? {

@@ -271,6 +271,7 @@ pub fn encode_payload(payload: &Payload, records: u32) -> Vec<u8> {
         Payload::Metrics(r) => r.encoded_len(),
         Payload::Logs(r) => r.encoded_len(),
         Payload::TracesWire(w) => w.bytes.len(),
+        Payload::MetricsWire(w) => w.bytes.len(),
     };
     segment::encode_record_sized(signal, records, len, |buf| {
         // encode() only fails for lack of room, and a Vec grows.
@@ -279,6 +280,10 @@ pub fn encode_payload(payload: &Payload, records: u32) -> Vec<u8> {
             Payload::Metrics(r) => r.encode(buf),
             Payload::Logs(r) => r.encode(buf),
             Payload::TracesWire(w) => {
+                buf.extend_from_slice(&w.bytes);
+                Ok(())
+            }
+            Payload::MetricsWire(w) => {
                 buf.extend_from_slice(&w.bytes);
                 Ok(())
             }
@@ -677,15 +682,28 @@ impl Wal {
         let wire = buf.slice_ref(body);
         // Traces the wire reader takes are queued as their bytes, as the
         // receivers queue them (a spilled request is read back at saturation).
-        let spans = match signal {
-            Signal::traces => crate::receiver::wire::check_traces(body).ok(),
-            _ => None,
-        };
-        let payload = match spans {
-            Some(spans) => Payload::TracesWire(crate::pipeline::WireTraces {
-                bytes: wire.clone(),
-                spans,
+        // Metrics the check takes stay bytes until a worker decodes them.
+        let checked = match signal {
+            Signal::traces => crate::receiver::wire::check_traces(body).ok().map(|spans| {
+                Payload::TracesWire(crate::pipeline::WireTraces {
+                    bytes: wire.clone(),
+                    spans,
+                })
             }),
+            Signal::metrics => {
+                crate::receiver::wire_metrics::check_metrics(body)
+                    .ok()
+                    .map(|points| {
+                        Payload::MetricsWire(crate::pipeline::WireMetrics {
+                            bytes: wire.clone(),
+                            points,
+                        })
+                    })
+            }
+            Signal::logs => None,
+        };
+        let payload = match checked {
+            Some(payload) => payload,
             None => decode_payload(signal, body).map_err(|source| WalError::Decode {
                 seq: pos.seq,
                 offset: pos.offset,
