@@ -554,9 +554,8 @@ impl Wal {
     }
 
     /// Writes one record (from [`encode_payload`]) to the active segment
-    /// without waiting for it to be durable; returns its LSN.
-    /// Writes one record (into the page cache, not yet durable); returns its
-    /// sequence number for [`Wal::durable`] and where it is.
+    /// (into the page cache, not yet durable); returns its LSN, for
+    /// [`Wal::durable`], and where it is.
     pub fn write(&self, record: &[u8]) -> Result<(u64, Appended), WalError> {
         let n = record.len() as u64;
         let mut st = self.lock();
@@ -626,7 +625,7 @@ impl Wal {
         Ok(appended)
     }
 
-    /// Returns once the record `lsn` of [`Wal::write_record`] is on disk
+    /// Returns once the record `lsn` of [`Wal::write`] is on disk
     /// under the sync policy, or the error of the fsync that covered it.
     pub async fn durable(&self, lsn: u64) -> Result<(), WalError> {
         let mut rx = self.synced.subscribe();
